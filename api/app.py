@@ -1,0 +1,95 @@
+"""The Starlette application: the front door's routes, error rendering and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shared.config import Settings
+from shared.errors import GatewayError, InternalError, InvalidRequest, MethodNotAllowed, NotFound
+from shared.overlay import registry_for
+from shared.registry import Registry
+
+from .auth import JWKSVerifier, LocalKey, LocalVerifier, Verifier
+from .catalog import get_model, health, list_models, model_objects
+from .completions import chat_completions, embeddings
+from .gateway import Gateway
+
+logger = logging.getLogger("reactor.api")
+
+
+def render(exc: GatewayError) -> Response:
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return Response(exc.to_json(), status_code=exc.status, media_type="application/json", headers=headers)
+
+
+async def on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return render(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return render(NotFound(f"No route {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        return render(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+    return render(InvalidRequest(str(exc.detail), status=exc.status_code))
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return render(InternalError("The gateway failed to handle this request."))
+
+
+def create_app(settings: Settings, registry: Registry | None = None, verifier: Verifier | None = None) -> Starlette:
+    """Build the app.
+
+    :param settings: the gateway settings.
+    :param registry: the registry to serve; loaded from ``settings`` at start-up when None.
+    :param verifier: the token verifier; JWKS or the local key from ``settings`` when None.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        reg = registry if registry is not None else await registry_for(settings)
+        redis = Redis.from_url(settings.redis_url, max_connections=512)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(redis.aclose)
+            ver = verifier
+            if ver is None and settings.auth_url:
+                http = await stack.enter_async_context(httpx.AsyncClient())
+                ver = JWKSVerifier(settings.auth_url, http, settings.auth_issuer, settings.auth_audience)
+            elif ver is None:
+                ver = LocalVerifier(LocalKey.load_or_create(settings.data_dir), settings.auth_issuer,
+                                    settings.auth_audience)
+            gateway = Gateway(settings, reg, redis, ver)
+            await gateway.start()
+            stack.push_async_callback(gateway.stop)
+            app.state.gateway = gateway
+            app.state.model_objects = model_objects(reg)
+            yield
+
+    routes = [
+        Route("/ai/v1/health", health, methods=["GET"]),
+        Route("/ai/v1/models", list_models, methods=["GET"]),
+        Route("/ai/v1/models/{name:path}", get_model, methods=["GET"]),
+        Route("/ai/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/ai/v1/embeddings", embeddings, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )

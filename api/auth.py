@@ -1,0 +1,185 @@
+"""Bearer JWT verification.
+
+Two sources of keys: the Identity service's JWKS (``REACTOR_AI_AUTH_URL``), or in single-box
+mode a local Ed25519 key kept in the data directory, for which ``reactor auth token`` mints
+tokens. Either way a token is accepted only with its key's own algorithm, so ``none`` and
+HS/RS confusion are impossible, and ``exp`` is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shared.errors import Unauthorized
+
+LEEWAY_S = 10             # clock skew tolerated on exp/nbf
+JWKS_TTL_S = 600          # how long fetched keys are trusted before a refresh
+JWKS_MIN_REFETCH_S = 30   # an unknown kid refetches at most this often, so junk tokens cannot hammer Identity
+KEY_FILE = "jwt-ed25519.pem"
+
+
+class Identity(msgspec.Struct, frozen=True):
+    user_id: str
+    claims: dict[str, Any]
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("Missing bearer token: send 'Authorization: Bearer <JWT>'.")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Malformed Authorization header: expected 'Bearer <JWT>'.")
+    return token.strip()
+
+
+class LocalKey:
+    """The single-box signing key, created on first use.
+
+    :param path: the PEM file inside the data directory.
+    """
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self.private = private
+        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
+        self.kid = jwt.utils.base64url_encode(hashlib.sha256(msgspec.json.encode(jwk)).digest()[:12]).decode()
+        self.public_jwk = {**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> "LocalKey":
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / KEY_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls(serialization.load_pem_private_key(path.read_bytes(), password=None))
+        key = Ed25519PrivateKey.generate()
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        return cls(key)
+
+    def mint(self, user_id: str, ttl_s: int = 86_400, issuer: str | None = None,
+             audience: str | None = None) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user_id, "iat": now, "nbf": now, "exp": now + ttl_s}
+        if issuer:
+            claims["iss"] = issuer
+        if audience:
+            claims["aud"] = audience
+        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+class Verifier:
+    """Checks tokens against a set of JWKs.
+
+    :param issuer: required ``iss`` when set.
+    :param audience: required ``aud`` when set.
+    """
+
+    def __init__(self, issuer: str | None = None, audience: str | None = None) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+
+    def _set_keys(self, jwks: dict[str, Any]) -> None:
+        keys: dict[str | None, jwt.PyJWK] = {}
+        for data in jwks.get("keys", ()):
+            if data.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(data)
+            except (jwt.PyJWKError, jwt.InvalidKeyError):
+                continue  # a key type this gateway cannot use; others in the set still work
+            keys[data.get("kid")] = key
+        self._keys = keys
+
+    async def _key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        return self._keys.get(kid) or (self._keys.get(None) if kid is None else None)
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise Unauthorized("Malformed token: not a JWT.") from None
+        key = await self._key_for(header.get("kid"))
+        if key is None:
+            raise Unauthorized("Token signed by an unknown key.")
+        if header.get("alg") != key.algorithm_name:
+            raise Unauthorized("Token algorithm not accepted for its key.")
+        try:
+            claims = jwt.decode(
+                token, key.key, algorithms=[key.algorithm_name], audience=self.audience, issuer=self.issuer,
+                leeway=LEEWAY_S, options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("Token expired: refresh your access token via Identity.") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("Token not yet valid (nbf).") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("Token signature is invalid.") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"Token lacks the '{exc.claim}' claim.") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("Token audience not accepted.") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("Token issuer not accepted.") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"Invalid token: {exc}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("Token 'sub' must be a non-empty string.")
+        return Identity(sub, claims)
+
+
+class LocalVerifier(Verifier):
+    def __init__(self, key: LocalKey, issuer: str | None = None, audience: str | None = None) -> None:
+        super().__init__(issuer, audience)
+        self._set_keys({"keys": [key.public_jwk]})
+
+
+class JWKSVerifier(Verifier):
+    """Keys from ``{auth_url}/.well-known/jwks.json``, cached and refetched on an unknown kid.
+
+    :param http: a client for the Identity service.
+    """
+
+    def __init__(self, auth_url: str, http: httpx.AsyncClient, issuer: str | None = None,
+                 audience: str | None = None) -> None:
+        super().__init__(issuer, audience)
+        self.url = auth_url.rstrip("/") + "/.well-known/jwks.json"
+        self._http = http
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _refresh(self, force: bool) -> None:
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            if age < JWKS_MIN_REFETCH_S or (not force and age < JWKS_TTL_S):
+                return
+            self._fetched_at = time.monotonic()
+            try:
+                response = await self._http.get(self.url, timeout=5.0)
+                response.raise_for_status()
+                self._set_keys(response.json())
+            except (httpx.HTTPError, ValueError):
+                # Keep the keys we had; a blip at Identity must not log everybody out.
+                self._fetched_at = time.monotonic() - JWKS_TTL_S + JWKS_MIN_REFETCH_S
+
+    async def _key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        await self._refresh(force=False)
+        key = await super()._key_for(kid)
+        if key is None:
+            await self._refresh(force=True)
+            key = await super()._key_for(kid)
+        return key

@@ -1,0 +1,178 @@
+"""The ``reactor`` command: run the gateway and mint tokens.
+
+``reactor serve`` runs everything on one box (a private Redis when ``REDIS_URL`` is unset,
+the front door and one worker process); ``reactor api`` and ``reactor worker`` run the two
+halves separately, for fleets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import msgspec
+
+from shared import __version__
+from shared.config import ConfigError, Settings, load_settings, split_bind
+from shared.errors import GatewayError
+from shared.registry import RegistryError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if getattr(args, "bind", None):
+        split_bind(args.bind, "--bind")
+        settings = msgspec.structs.replace(settings, bind=args.bind)
+    return settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # arq logs every job start and finish at INFO: far too chatty for a gateway's request rate.
+    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _run_uvloop(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    if not settings.redis_url:
+        raise ConfigError("reactor api needs REDIS_URL (or gateway.redis_url); `reactor serve` starts its own")
+    host, port = settings.host_port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"Reactor Gateway {__version__} listening on http://{shown}:{port}/ai/v1", flush=True)
+    if not settings.auth_url:
+        print("Single-box auth: get a token with `reactor auth token <user-id>`", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level, access_log=False,
+                loop="uvloop" if _has_uvloop() else "asyncio", http="httptools", timeout_graceful_shutdown=15)
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.overlay import registry_for
+    from workers.worker import run_worker_process
+
+    if not settings.redis_url:
+        raise ConfigError("reactor worker needs REDIS_URL (or gateway.redis_url)")
+
+    async def main() -> None:
+        registry = await registry_for(settings)
+        await run_worker_process(settings, registry, args.provider or None)
+
+    _run_uvloop(main())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .embedded_redis import EmbeddedRedis
+
+    embedded = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = embedded.start()
+        print(f"Started a private Redis at {url} (set REDIS_URL to use your own)", flush=True)
+        settings = msgspec.structs.replace(settings, redis_url=url)
+        env["REDIS_URL"] = url
+    worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level]
+    if args.config:
+        worker_cmd += ["--config", args.config]
+    worker = subprocess.Popen(worker_cmd, env=env)
+    try:
+        return cmd_api(args, settings)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if embedded:
+            embedded.stop()
+
+
+def cmd_auth_token(args: argparse.Namespace, settings: Settings) -> int:
+    from .auth import LocalKey
+
+    if settings.auth_url:
+        print("This gateway verifies tokens from the Identity service at REACTOR_AI_AUTH_URL; "
+              "get a token there.", file=sys.stderr)
+        return 2
+    key = LocalKey.load_or_create(settings.data_dir)
+    print(key.mint(args.user_id, args.ttl, settings.auth_issuer, settings.auth_audience))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reactor", description="Reactor Gateway: an OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"reactor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="path of reactor.toml (default: $REACTOR_CONFIG or ./reactor.toml)")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    serve = sub.add_parser("serve", help="run the gateway on one box: Redis (unless REDIS_URL), API and a worker")
+    common(serve)
+    serve.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
+    serve.set_defaults(handler=cmd_serve)
+
+    api = sub.add_parser("api", help="run the front door only (needs REDIS_URL)")
+    common(api)
+    api.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
+    api.set_defaults(handler=cmd_api)
+
+    worker = sub.add_parser("worker", help="run a worker process (needs REDIS_URL)")
+    common(worker)
+    worker.add_argument("--provider", action="append", help="serve this provider's queue (repeatable; default: all enabled)")
+    worker.set_defaults(handler=cmd_worker)
+
+    auth = sub.add_parser("auth", help="tokens")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
+    token = auth_sub.add_parser("token", help="mint a token for USER_ID with the single-box key")
+    common(token)
+    token.add_argument("user_id")
+    token.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default: one day)")
+    token.set_defaults(handler=cmd_auth_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"))
+    try:
+        settings = _settings(args)
+        return args.handler(args, settings)
+    except (ConfigError, RegistryError, GatewayError) as exc:
+        print(f"reactor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``POST /ai/v1/chat/completions`` and ``POST /ai/v1/embeddings``.
+
+Route → validate → resolve the model → enqueue → relay what the worker sends back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.errors import GatewayError, InternalError
+from shared.routing import plan
+from shared.wire import ChatRequest, EmbeddingsRequest, Job, check_chat, check_embeddings, decode_request
+
+from .gateway import Gateway
+from .replies import ReplyStream, reply_error
+from .sse import EventStreamResponse
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    identity = await gateway.authenticate(request)
+    body = await gateway.read_body(request)
+    chat, _ = decode_request(body, ChatRequest)
+    check_chat(chat)
+    alias, targets = await plan(gateway.registry, chat.model, "chat", gateway.round_robin_turn)
+    stream = bool(chat.stream)
+    job = Job(
+        request_id=uuid.uuid4().hex, kind="chat", reply_channel=gateway.replies.channel,
+        user_id=identity.user_id, targets=targets, alias=alias, body=body, stream=stream,
+        include_usage=stream and bool(chat.stream_options and chat.stream_options.include_usage),
+        enqueued_at=time.time(),
+    )
+    replies = await gateway.submit(job)
+    headers = {"X-Request-Id": job.request_id}
+    if not stream:
+        return await _single(gateway, replies, headers)
+    try:
+        first = await replies.next(gateway.silence_timeout)
+    except BaseException:
+        replies.close()
+        gateway.spawn(gateway.cancel(job.request_id))
+        raise
+    if first.kind == "error" and not first.frames:
+        # Nothing was sent yet, so the failure can still be a proper HTTP status.
+        replies.close()
+        raise reply_error(first)
+    return EventStreamResponse(_relay(gateway, replies, first), headers=headers)
+
+
+async def embeddings(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    identity = await gateway.authenticate(request)
+    body = await gateway.read_body(request)
+    req, _ = decode_request(body, EmbeddingsRequest)
+    check_embeddings(req)
+    alias, targets = await plan(gateway.registry, req.model, "embeddings", gateway.round_robin_turn)
+    job = Job(
+        request_id=uuid.uuid4().hex, kind="embeddings", reply_channel=gateway.replies.channel,
+        user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time(),
+    )
+    replies = await gateway.submit(job)
+    return await _single(gateway, replies, {"X-Request-Id": job.request_id})
+
+
+async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str]) -> Response:
+    try:
+        reply = await replies.next(gateway.silence_timeout)
+    except BaseException:
+        gateway.spawn(gateway.cancel(replies.request_id))
+        raise
+    finally:
+        replies.close()
+    if reply.kind == "result" and reply.body is not None:
+        return Response(reply.body, media_type="application/json", headers=headers)
+    if reply.kind == "error":
+        raise reply_error(reply)
+    raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
+
+
+async def _relay(gateway: Gateway, replies: ReplyStream, reply) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        while True:
+            out = b"".join(_sse(frame) for frame in reply.frames)
+            if reply.kind == "done":
+                finished = True
+                yield out + _DONE
+                return
+            if reply.kind == "error":
+                finished = True
+                yield out + _sse(reply_error(reply).to_json())
+                return
+            if out:
+                yield out
+            try:
+                reply = await replies.next(gateway.silence_timeout)
+            except GatewayError as exc:
+                yield _sse(exc.to_json())
+                return
+    finally:
+        replies.close()
+        if not finished:
+            # The client hung up, or the worker went silent: either way the upstream call must stop.
+            gateway.spawn(gateway.cancel(replies.request_id))

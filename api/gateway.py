@@ -1,0 +1,111 @@
+"""The front door's state for the app's lifetime, and the steps every route shares:
+authenticate, read the body, submit a job and wait for a worker to take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from shared.config import Settings
+from shared.errors import GatewayError, PayloadTooLarge, Unavailable
+from shared.keys import Keys
+from shared.queue import enqueue
+from shared.registry import Registry
+from shared.wire import Cancel, Job
+
+from .auth import Identity, Verifier, bearer_token
+from .replies import ReplyRouter, ReplyStream
+
+
+class Gateway:
+    """Everything a request handler needs.
+
+    :param settings: the gateway settings.
+    :param registry: the registry restricted to enabled providers.
+    :param redis: the process's pool.
+    :param verifier: checks bearer tokens.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry, redis: Redis, verifier: Verifier) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.redis = redis
+        self.verifier = verifier
+        self.keys = Keys(settings.key_prefix)
+        self.process_id = uuid.uuid4().hex[:12]
+        self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id))
+        self._background: set[asyncio.Task] = set()
+        # Silence after which a worker counts as gone: a few missed pings.
+        self.silence_timeout = settings.heartbeat_interval * 3 + 1.0
+
+    async def start(self) -> None:
+        await self.replies.start()
+
+    async def stop(self) -> None:
+        await self.replies.stop()
+        if self._background:
+            await asyncio.wait(self._background, timeout=2)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` detached from the request, e.g. a cancel sent while the request is torn down."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def authenticate(self, request: Request) -> Identity:
+        return await self.verifier.verify(bearer_token(request.headers.get("authorization")))
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def round_robin_turn(self, alias: str) -> int:
+        try:
+            return int(await self.redis.incr(self.keys.round_robin(alias)))
+        except RedisError:
+            raise Unavailable("Redis is unreachable.") from None
+
+    async def submit(self, job: Job) -> ReplyStream:
+        """Enqueue ``job`` for its first target's provider and wait until a worker starts it.
+
+        :raises NoWorker: nobody took it within ``queue_timeout``.
+        :raises Unavailable: Redis is unreachable.
+        """
+        if not self.replies.ready:
+            raise Unavailable("The gateway is reconnecting to Redis; try again shortly.")
+        stream = self.replies.open(job.request_id)
+        try:
+            await enqueue(self.redis, self.keys, job, job.targets[0].provider, self.settings.queue_timeout)
+            await stream.next(self.settings.queue_timeout, waiting_for_worker=True)
+        except RedisError:
+            stream.close()
+            raise Unavailable("The job queue (Redis) is unreachable.") from None
+        except (GatewayError, asyncio.CancelledError):
+            stream.close()
+            self.spawn(self.cancel(job.request_id))
+            raise
+        return stream
+
+    async def cancel(self, request_id: str) -> None:
+        """Tell every worker to drop ``request_id``: abort its upstream call, or skip it if queued."""
+        try:
+            await self.redis.publish(self.keys.cancel_channel, msgspec.msgpack.encode(Cancel(request_id)))
+        except RedisError:
+            pass  # the job's own timeouts end it

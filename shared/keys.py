@@ -1,0 +1,59 @@
+"""Every Redis key and channel the gateway uses. Nobody else spells a key.
+
+All names start with the configured prefix (``reactor:`` by default) so that several
+gateways, or several test runs, can share one Redis. arq's own job keys (``arq:job:…``)
+are the exception: arq spells those itself, and our job ids are random so they never collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "reactor:"
+
+    def queue(self, provider: str) -> str:
+        """The arq queue (a sorted set) of one provider's worker pool."""
+        return f"{self.prefix}queue:{provider}"
+
+    def queue_notify(self, provider: str) -> str:
+        """Pub/sub channel published after each enqueue so idle workers wake at once."""
+        return f"{self.queue(provider)}:notify"
+
+    def reply_channel(self, process_id: str) -> str:
+        """Pub/sub channel of one front-door process; every reply message names its request."""
+        return f"{self.prefix}reply:{process_id}"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel on which the front door asks every worker to drop a request."""
+        return f"{self.prefix}cancel"
+
+    def worker_heartbeat(self, provider: str, worker_id: str) -> str:
+        """Expires a few heartbeats after the worker stops refreshing it."""
+        return f"{self.prefix}worker:{provider}:{worker_id}"
+
+    def worker_heartbeat_pattern(self) -> str:
+        return f"{self.prefix}worker:*"
+
+    def usage_seen(self, request_id: str) -> str:
+        """Marks a request as metered; lives long enough to outlast any retry of its job."""
+        return f"{self.prefix}usage:seen:{request_id}"
+
+    def usage_counters(self, day: str, user_id: str, model_id: str) -> str:
+        """Hash of requests, tokens_in, tokens_out, cost_usd for one user, model and UTC day."""
+        return f"{self.prefix}usage:{day}:{user_id}:{model_id}"
+
+    def usage_index(self, day: str) -> str:
+        """Set of ``user_id\\tmodel_id`` pairs with counters on that day, for inspection without SCAN."""
+        return f"{self.prefix}usage:index:{day}"
+
+    @property
+    def usage_events(self) -> str:
+        """The stream of ``ai.usage`` events that Analytics consumes."""
+        return f"{self.prefix}events:ai.usage"
+
+    def round_robin(self, alias: str) -> str:
+        return f"{self.prefix}rr:{alias}"

@@ -1,0 +1,145 @@
+"""Any upstream that speaks the OpenAI API itself (``kind = "openai"``).
+
+The bodies pass through almost as they are; what this module owns is the HTTP exchange,
+reading Server-Sent Events leniently, and mapping upstream errors into ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from shared.errors import GatewayError, InvalidRequest, ProviderError, UpstreamTimeout, redact
+
+from .base import Provider
+
+_json = msgspec.json.Decoder()
+_encode = msgspec.json.encode
+
+
+class OpenAICompatProvider(Provider):
+    kind = "openai"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.settings.headers}
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        return headers
+
+    def url(self, path: str) -> str:
+        return f"{self.settings.base_url}/{path}"
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self._post_json("chat/completions", body)
+        self.check_body(data)
+        return self.normalize_completion(data)
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self._post_json("embeddings", body)
+        self.check_body(data)
+        return data
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self.http.stream("POST", self.url("chat/completions"), content=_encode(body),
+                                        headers=self.headers()) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self.error_from_response(response)
+                async for line in response.aiter_lines():
+                    # SSE comments (": OPENROUTER PROCESSING") are keep-alives, and blank lines
+                    # end events; neither carries data.
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    if not payload:
+                        continue
+                    try:
+                        chunk = _json.decode(payload)
+                    except msgspec.DecodeError:
+                        raise ProviderError(f"Upstream {self.name} sent a malformed stream event.") from None
+                    if not isinstance(chunk, dict):
+                        raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
+                    self.check_chunk(chunk)
+                    yield self.normalize_chunk(chunk)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"Upstream {self.name} timed out.") from None
+        except httpx.TransportError as exc:
+            raise ProviderError(f"Upstream {self.name} connection failed: {type(exc).__name__}") from None
+
+    # -- the upstream's quirks, overridden per provider ------------------------------------
+
+    def normalize_completion(self, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    def normalize_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        return chunk
+
+    def check_body(self, data: Any) -> None:
+        """Errors can arrive inside a 200 body once the upstream has started."""
+        if not isinstance(data, dict):
+            raise ProviderError(f"Upstream {self.name} answered with something other than a JSON object.")
+        if data.get("error"):
+            raise self.error_from_payload(502, data["error"])
+
+    def check_chunk(self, chunk: dict[str, Any]) -> None:
+        """A stream that already sent its 200 reports failure inside a data event."""
+        if chunk.get("error"):
+            raise self.error_from_payload(502, chunk["error"])
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason") == "error":
+                raise ProviderError(f"Upstream {self.name} ended the stream with an error.")
+
+    # -- errors ------------------------------------------------------------------------------
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = await self.http.post(self.url(path), content=_encode(body), headers=self.headers())
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"Upstream {self.name} timed out.") from None
+        except httpx.TransportError as exc:
+            raise ProviderError(f"Upstream {self.name} connection failed: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise self.error_from_response(response)
+        try:
+            return _json.decode(response.content)
+        except msgspec.DecodeError:
+            raise ProviderError(f"Upstream {self.name} answered {response.status_code} with a body that is not JSON.") from None
+
+    def error_from_response(self, response: httpx.Response) -> GatewayError:
+        try:
+            payload = _json.decode(response.content)
+        except msgspec.DecodeError:
+            payload = None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if error is None:
+            error = payload if isinstance(payload, dict) else {"message": response.text[:500]}
+        exc = self.error_from_payload(response.status_code, error)
+        retry_after = response.headers.get("retry-after")
+        if retry_after and exc.status == 429:
+            exc.headers["Retry-After"] = retry_after
+        return exc
+
+    def error_from_payload(self, status: int, error: Any) -> GatewayError:
+        """Map an upstream error object to ours. ``code`` may be a number (OpenRouter) or a string."""
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("Message") or "no detail")
+            raw_code = error.get("code")
+        else:
+            message, raw_code = str(error), None
+        if isinstance(raw_code, int) and 400 <= raw_code <= 599 and status < 400:
+            status = raw_code
+        code = raw_code if isinstance(raw_code, str) and not raw_code.isdigit() else None
+        text = redact(f"Upstream {self.name} returned {status}: {message}", self.secrets)
+        if status in (400, 413, 422):
+            return InvalidRequest(text, code=code or "provider_error")
+        if status == 429:
+            return ProviderError(text, status=429, code=code or "rate_limit_exceeded")
+        if status in (408, 504):
+            return UpstreamTimeout(text)
+        return ProviderError(text, code="provider_error")

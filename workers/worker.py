@@ -1,0 +1,215 @@
+"""The worker process: one arq worker per provider queue, woken by pub/sub.
+
+arq polls its queue every ``poll_delay`` (0.5 s by default), which would set the gateway's
+latency. Here each worker's loop also waits on an event that a pub/sub message on
+``<queue>:notify`` sets right after every enqueue, so a job starts within a round trip or
+two while an idle worker still costs Redis only one poll per ``poll_delay``.
+The same subscription carries cancels from the front door.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+
+from shared.config import Settings
+from shared.errors import GatewayError
+from shared.keys import Keys
+from shared.queue import job_deserializer, job_serializer
+from shared.registry import Registry
+from shared.usage import UsageRecorder
+from shared.wire import Cancel
+
+from .jobs import JobRunner
+from .providers import build_provider
+
+logger = logging.getLogger("reactor.worker")
+_cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+
+
+class WakeableWorker(Worker):
+    """An arq worker whose poll loop also wakes on an :class:`asyncio.Event`.
+
+    :param wake: set by the process's pub/sub listener when a job was enqueued, and by
+        every finished job (a slot is free again).
+    """
+
+    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    async def main(self) -> None:
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        while True:
+            # Cleared before polling, so an enqueue during the poll still wakes the next wait.
+            self.wake.clear()
+            await self._poll_iteration()
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
+            except TimeoutError:
+                pass
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()
+
+
+async def _chat(ctx: dict, payload: bytes) -> None:
+    await ctx["runner"].run(payload)
+
+
+async def _embeddings(ctx: dict, payload: bytes) -> None:
+    await ctx["runner"].run(payload)
+
+
+class WorkerProcess:
+    """Runs the workers for some providers until told to stop.
+
+    :param settings: the gateway settings.
+    :param registry: the model registry (prices for metering).
+    :param providers: names of the provider queues to serve; all enabled ones when empty.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry, providers: list[str] | None = None) -> None:
+        enabled = settings.enabled_providers
+        names = providers or list(enabled)
+        for name in names:
+            if name not in enabled:
+                raise GatewayError(f"provider {name!r} is not enabled in {settings.source}")
+            if not enabled[name].api_key:
+                raise GatewayError(
+                    f"provider {name!r} has no API key: set {enabled[name].api_key_env} "
+                    f"(or set enabled = false in [gateway.providers.{name}])"
+                )
+        self.settings = settings
+        self.registry = registry
+        self.names = names
+        self.keys = Keys(settings.key_prefix)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, redis: ArqRedis) -> None:
+        s = self.settings
+        timeout = httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
+                                pool=s.connect_timeout)
+        limits = httpx.Limits(max_connections=s.worker_concurrency * 2, max_keepalive_connections=256)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, http2=False) as http:
+            providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
+            runner = JobRunner(s, self.registry, redis, providers,
+                               UsageRecorder(redis, self.keys, s.usage_retention_days))
+            wakes = {n: asyncio.Event() for n in self.names}
+            workers = [
+                WakeableWorker(
+                    functions=[
+                        func(_chat, name="chat", max_tries=1, timeout=s.request_timeout + 30),
+                        func(_embeddings, name="embeddings", max_tries=1, timeout=s.request_timeout + 30),
+                    ],
+                    queue_name=self.keys.queue(n),
+                    redis_pool=redis,
+                    handle_signals=False,
+                    max_jobs=s.worker_concurrency,
+                    keep_result=0,
+                    poll_delay=s.poll_delay,
+                    job_serializer=job_serializer,
+                    job_deserializer=job_deserializer,
+                    ctx={"runner": runner},
+                    log_results=False,
+                    wake=wakes[n],
+                )
+                for n in self.names
+            ]
+            listener = await self._subscribe(redis, runner, wakes)
+            tasks = [asyncio.create_task(w.main(), name=f"worker:{n}") for w, n in zip(workers, self.names)]
+            tasks.append(asyncio.create_task(listener, name="listener"))
+            tasks.append(asyncio.create_task(self._heartbeat(redis), name="heartbeat"))
+            logger.info("worker %s serving %s", self.worker_id, ", ".join(self.keys.queue(n) for n in self.names))
+            stopper = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception():
+                    logger.error("worker task %s died: %r", task.get_name(), task.exception())
+            await self._shutdown(redis, workers, tasks)
+
+    async def _subscribe(self, redis: ArqRedis, runner: JobRunner, wakes: dict[str, asyncio.Event]):
+        pubsub = redis.pubsub()
+        by_channel = {self.keys.queue_notify(n).encode(): wake for n, wake in wakes.items()}
+        cancel_channel = self.keys.cancel_channel.encode()
+        await pubsub.subscribe(*by_channel, cancel_channel)
+
+        async def listen() -> None:
+            try:
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is None:
+                        continue
+                    channel = message["channel"]
+                    if channel == cancel_channel:
+                        try:
+                            runner.cancel(_cancel_decoder.decode(message["data"]).request_id)
+                        except msgspec.DecodeError:
+                            logger.warning("ignored a malformed cancel message")
+                    elif (wake := by_channel.get(channel)) is not None:
+                        wake.set()
+            finally:
+                await pubsub.aclose()
+
+        return listen()
+
+    async def _heartbeat(self, redis: ArqRedis) -> None:
+        interval = self.settings.heartbeat_interval
+        info = msgspec.json.encode({"worker_id": self.worker_id, "pid": os.getpid()})
+        while True:
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in self.names:
+                    pipe.set(self.keys.worker_heartbeat(n, self.worker_id), info, px=int(interval * 3000))
+                await pipe.execute()
+            await asyncio.sleep(interval)
+
+    async def _shutdown(self, redis: ArqRedis, workers: list[WakeableWorker], tasks: list[asyncio.Task]) -> None:
+        # Stop taking jobs, let running ones finish for a while, then cancel what is left.
+        for worker in workers:
+            worker.allow_pick_jobs = False
+        running = [t for w in workers for t in w.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=10)
+        for task in tasks:
+            task.cancel()
+        for worker in workers:
+            for task in worker.tasks.values():
+                task.cancel()
+        await asyncio.gather(*tasks, *(t for w in workers for t in w.tasks.values()), return_exceptions=True)
+        try:
+            await redis.delete(*(self.keys.worker_heartbeat(n, self.worker_id) for n in self.names))
+        except Exception:
+            pass
+
+
+async def run_worker_process(settings: Settings, registry: Registry, providers: list[str] | None = None) -> None:
+    """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM."""
+    from arq.connections import create_pool, RedisSettings
+
+    process = WorkerProcess(settings, registry, providers)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
+                              job_deserializer=job_deserializer)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, process.stop)
+    try:
+        await process.run(redis)
+    finally:
+        await redis.aclose()
