@@ -167,11 +167,11 @@ def _read_section(file: Path) -> dict:
     gateway, ai = doc.get("gateway", {}), doc.get("ai", {})
     for name, value in (("gateway", gateway), ("ai", ai)):
         if not isinstance(value, dict):
-            raise ConfigError(f"{file}: key {name}: expected a table [{name}]")
+            raise ConfigError(f"{file}: {name}: expected a table [{name}]")
     # The page names both sections; [ai] is an alias. A key set differently in both is ambiguous.
     for key in gateway.keys() & ai.keys():
         if gateway[key] != ai[key]:
-            raise ConfigError(f"{file}: key {key} is set differently in [gateway] and [ai]; keep one")
+            raise ConfigError(f"{file}: {key} is set differently in [gateway] and [ai]; keep one")
     return {**ai, **gateway}
 
 
@@ -186,16 +186,16 @@ def _describe(exc: msgspec.ValidationError, root: str) -> str:
     what = text.split(" - at ")[0]
     if what.startswith("Object contains unknown field"):
         field = what.split("`")[1]
-        return f"key {where}.{field}: unknown setting"
-    return f"key {where}: {what}"
+        return f"{where}.{field}: unknown setting"
+    return f"{where}: {what}"
 
 
 def _resolve(table: _GatewayTable, source: str, base_dir: Path, env: Mapping[str, str]) -> Settings:
     def fail(key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{source}: key gateway.{key}: {expected}")
+        return ConfigError(f"{source}: gateway.{key}: {expected}")
 
     bind = env.get("REACTOR_AI_BIND") or table.bind or DEFAULT_BIND
-    split_bind(bind, "REACTOR_AI_BIND" if env.get("REACTOR_AI_BIND") else f"{source}: key gateway.bind")
+    split_bind(bind, "REACTOR_AI_BIND" if env.get("REACTOR_AI_BIND") else f"{source}: gateway.bind")
 
     for key in ("queue_timeout", "connect_timeout", "read_timeout", "request_timeout", "heartbeat_interval",
                 "poll_delay", "registry_timeout"):
@@ -251,16 +251,16 @@ def _resolve(table: _GatewayTable, source: str, base_dir: Path, env: Mapping[str
 def _resolve_provider(name: str, t: _ProviderTable, source: str, env: Mapping[str, str]) -> ProviderSettings:
     key = f"gateway.providers.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        raise ConfigError(f"{source}: key {key}: provider names may use letters, digits, '-' and '_'")
+        raise ConfigError(f"{source}: {key}: provider names may use letters, digits, '-' and '_'")
     kind = t.kind or (name if name in PROVIDER_KINDS and name != "openai" else None)
     if kind is None:
-        raise ConfigError(f"{source}: key {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}")
+        raise ConfigError(f"{source}: {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}")
     if kind not in PROVIDER_KINDS:
-        raise ConfigError(f"{source}: key {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
+        raise ConfigError(f"{source}: {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
     # A table the user wrote for a generic upstream means "use it"; the cloud ones stay off until asked.
     enabled = t.enabled if t.enabled is not None else kind in ("openrouter", "openai")
     if t.base_url and t.endpoint and t.base_url != t.endpoint:
-        raise ConfigError(f"{source}: key {key}.endpoint: set base_url or endpoint, not both")
+        raise ConfigError(f"{source}: {key}.endpoint: set base_url or endpoint, not both")
     base_url = t.base_url or t.endpoint
     if kind == "foundry":
         base_url = env.get("AZURE_FOUNDRY_ENDPOINT") or base_url
@@ -271,15 +271,13 @@ def _resolve_provider(name: str, t: _ProviderTable, source: str, env: Mapping[st
     if enabled:
         if kind not in AVAILABLE_KINDS:
             raise ConfigError(
-                f"{source}: key {key}.enabled: the {kind} provider is not available in this release; "
+                f"{source}: {key}.enabled: the {kind} provider is not available in this release; "
                 f"set enabled = false"
             )
         if not base_url:
-            raise ConfigError(f"{source}: key {key}.base_url: expected the upstream's base URL")
+            raise ConfigError(f"{source}: {key}.base_url: expected the upstream's base URL")
         if not re.match(r"https?://", base_url):
-            raise ConfigError(f"{source}: key {key}.base_url: expected an http(s) URL, got {base_url!r}")
-        if kind == "openai" and not t.api_key_env:
-            raise ConfigError(f"{source}: key {key}.api_key_env: expected the name of the variable holding its key")
+            raise ConfigError(f"{source}: {key}.base_url: expected an http(s) URL, got {base_url!r}")
     return ProviderSettings(
         name=name,
         kind=kind,

@@ -88,7 +88,7 @@ class WorkerProcess:
         for name in names:
             if name not in enabled:
                 raise GatewayError(f"provider {name!r} is not enabled in {settings.source}")
-            if not enabled[name].api_key:
+            if enabled[name].api_key_env and not enabled[name].api_key:
                 raise GatewayError(
                     f"provider {name!r} has no API key: set {enabled[name].api_key_env} "
                     f"(or set enabled = false in [gateway.providers.{name}])"

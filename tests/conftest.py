@@ -1,0 +1,54 @@
+"""Fixtures shared by the integration tests: the real Redis, the mock upstreams and a gateway."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from .gateway_proc import LOCAL_KEY, UPSTREAM_KEY, RunningGateway
+from .mock_upstream import MockUpstream
+
+REDIS_URL = os.environ.get("REACTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"integration tests need a Redis at {REDIS_URL} ({exc}); .ci/run starts one", returncode=3)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def openrouter_mock():
+    with MockUpstream(api_key=UPSTREAM_KEY, flavour="openrouter") as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+def local_mock():
+    with MockUpstream(api_key=LOCAL_KEY, flavour="openai") as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, redis_url, openrouter_mock, local_mock):
+    gw = RunningGateway(tmp_path_factory.mktemp("gateway"), redis_url, f"rtest-{uuid.uuid4().hex[:8]}:",
+                        openrouter_mock.url, local_mock.url)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path, redis_url, openrouter_mock, local_mock):
+    """A gateway of its own, for tests that kill or restart parts of it."""
+    gw = RunningGateway(tmp_path / "gw", redis_url, f"rtest-{uuid.uuid4().hex[:8]}:", openrouter_mock.url,
+                        local_mock.url)
+    gw.start()
+    yield gw
+    gw.stop()

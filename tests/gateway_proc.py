@@ -1,0 +1,176 @@
+"""Runs a real gateway for integration tests: ``reactor api`` and ``reactor worker`` as child
+processes against the real Redis, with provider tables pointing at the mock upstreams.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import redis
+
+from api.auth import LocalKey
+
+REPO = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "sk-mock-upstream"
+LOCAL_KEY = "sk-local-secret-key-0123"
+START_TIMEOUT = 30.0
+
+OVERLAY = """
+# The page's snippet, verbatim
+[aliases.reasoning/cheapest]
+strategy = "cheapest"
+targets = ["gpt-4o-mini", "claude-3-haiku"]
+
+[aliases.reasoning/best]
+strategy = "first"
+targets = ["gpt-4", "claude-3-5-sonnet"]
+
+[models."mock-local"]
+owned_by = "mock"
+capabilities = ["chat", "tools", "streaming"]
+routes = [{ provider = "local", model = "mock/local-model" }]
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
+cached_input_price_per_mtok = 0.5
+
+[models."mock-embed"]
+owned_by = "mock"
+capabilities = ["embeddings"]
+routes = [{ provider = "local", model = "mock/embed" }]
+
+[models."unserved-model"]
+owned_by = "mock"
+capabilities = ["chat", "streaming"]
+routes = [{ provider = "idle", model = "idle/model" }]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningGateway:
+    """A gateway under test.
+
+    :param workdir: holds reactor.toml, the overlay, the data dir and the logs.
+    :param redis_url: the real Redis.
+    :param prefix: key prefix unique to this gateway.
+    :param openrouter_url: base URL of the OpenRouter-flavoured mock.
+    :param local_url: base URL of the OpenAI-flavoured mock behind the generic provider ``local``.
+    :param extra: extra ``[gateway]`` lines.
+    """
+
+    def __init__(self, workdir: Path, redis_url: str, prefix: str, openrouter_url: str, local_url: str,
+                 extra: str = "") -> None:
+        self.workdir = workdir
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/ai/v1"
+        self.data_dir = workdir / "data"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "ai-models.toml").write_text(OVERLAY)
+        self.config = workdir / "reactor.toml"
+        self.config.write_text(f"""
+[gateway]
+registry_overlay = "./ai-models.toml"
+data_dir = "./data"
+key_prefix = "{prefix}"
+queue_timeout = 3
+heartbeat_interval = 0.5
+read_timeout = 4
+max_body_bytes = 200000
+{extra}
+
+[gateway.providers.openrouter]
+enabled = true
+base_url = "{openrouter_url}"
+
+[gateway.providers.local]
+kind = "openai"
+base_url = "{local_url}"
+api_key_env = "LOCAL_LLM_KEY"
+
+[gateway.providers.idle]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+""")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("REACTOR_", "OPENROUTER_"))}
+        self.env.update(REDIS_URL=redis_url, OPENROUTER_API_KEY=UPSTREAM_KEY, LOCAL_LLM_KEY=LOCAL_KEY,
+                        REACTOR_AI_BIND=f"127.0.0.1:{self.port}", PYTHONPATH=str(REPO))
+        self.api: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self.redis = redis.Redis.from_url(redis_url)
+
+    def _spawn(self, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{args[0]}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "api.cli", *args, "--config", str(self.config)],
+                                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def start(self) -> "RunningGateway":
+        self.api = self._spawn("api")
+        self.start_worker()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{self.base_url}/health", timeout=1).json()
+                if health["workers"].get("openrouter") and health["workers"].get("local"):
+                    return self
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            for proc in (self.api, self.worker):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"gateway process exited at start:\n{self.logs()}")
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gateway did not become healthy in {START_TIMEOUT}s:\n{self.logs()}")
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("worker", "--provider", "openrouter", "--provider", "local")
+
+    def kill_worker(self) -> None:
+        if self.worker and self.worker.poll() is None:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait(5)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.workdir.glob("*.log"))
+
+    def stop(self) -> None:
+        for proc in (self.api, self.worker):
+            if proc and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (self.api, self.worker):
+            if proc:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        for key in self.redis.scan_iter(match=f"{self.prefix}*", count=1000):
+            self.redis.delete(key)
+        self.redis.close()
+
+    def token(self, user: str = "user_test", ttl: int = 3600) -> str:
+        return LocalKey.load_or_create(self.data_dir).mint(user, ttl)
+
+    def client(self, user: str = "user_test", **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=self.token(user), max_retries=0,
+                             timeout=kwargs.pop("timeout", 20.0), **kwargs)
+
+    def usage_events(self) -> list[dict]:
+        import json
+        entries = self.redis.xrange(f"{self.prefix}events:ai.usage")
+        return [json.loads(fields[b"data"]) for _, fields in entries]
