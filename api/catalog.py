@@ -21,7 +21,7 @@ class ModelObject(msgspec.Struct, omit_defaults=True):
     id: str
     created: int
     owned_by: str
-    object: str = "model"
+    object: str  # no default: omit_defaults would drop it, and clients need it
     # Extras (OpenAI clients ignore unknown fields): what an alias is, and what a model can do.
     alias: bool = False
     strategy: str | None = None
@@ -39,13 +39,13 @@ class ModelList(msgspec.Struct):
 
 def model_objects(registry: Registry) -> dict[str, ModelObject]:
     objects = {
-        m.id: ModelObject(id=m.id, created=m.created, owned_by=m.owned_by, capabilities=sorted(m.capabilities),
+        m.id: ModelObject(id=m.id, created=m.created, owned_by=m.owned_by, object="model", capabilities=sorted(m.capabilities),
                           context_window=m.context_window or None, input_price_per_mtok=m.input_price_per_mtok,
                           output_price_per_mtok=m.output_price_per_mtok)
         for m in registry.models.values()
     }
     for a in registry.aliases.values():
-        objects[a.name] = ModelObject(id=a.name, created=0, owned_by="reactor", alias=True, strategy=a.strategy,
+        objects[a.name] = ModelObject(id=a.name, created=0, owned_by="reactor", object="model", alias=True, strategy=a.strategy,
                                       targets=list(a.targets))
     return objects
 

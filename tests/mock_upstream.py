@@ -1,0 +1,693 @@
+"""An in-process fake of an OpenAI-compatible upstream (OpenAI itself, or OpenRouter).
+
+Tests steer each reply with directives written into the last user message, e.g.
+``"hi #chunks=5 #delay=20"``; see ``DIRECTIVES``. Every request is recorded as a
+``Received`` so a test can check what the gateway forwarded, how much of a stream
+went out, and whether the gateway hung up.
+
+Standalone: ``python -m tests.mock_upstream --port 18001 [--flavour openrouter] [--api-key K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import math
+import random
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+Flavour = Literal["openai", "openrouter"]
+
+DEFAULT_API_KEY = "sk-mock-upstream"
+START_TIMEOUT = 10.0
+# Backstop for requests still open at stop(), e.g. in a long #delay: uvicorn cancels them after this.
+GRACEFUL_SHUTDOWN = 0.5
+# How often a #hang checks whether stop() was called; uvicorn would otherwise cancel it noisily.
+STOP_POLL = 0.05
+ROUTE_PREFIXES = ("", "/v1", "/api/v1")
+
+DIRECTIVES = frozenset(
+    {
+        "chunks",
+        "delay",
+        "hang",
+        "status",
+        "midstream_error",
+        "error_in_200",
+        "no_usage",
+        "tools",
+        "echo_body",
+        "cached",
+    }
+)
+_DIRECTIVE_RE = re.compile(r"(?<!\S)#(" + "|".join(sorted(DIRECTIVES)) + r")(?:=(\S*))?(?!\S)")
+# Directives that carry a number; the rest are bare flags.
+_INT_DIRECTIVES = frozenset({"chunks", "delay", "status", "cached"})
+
+REPLY_PREFIX = "Hello from mock: "
+TOOL_CALL_ID = "call_mock1"
+TOOL_ARGUMENTS = '{"city": "Oslo"}'
+TOOL_COMPLETION_TOKENS = 7
+TOOL_ARGUMENT_FRAGMENTS = 4
+MIDSTREAM_ERROR_AFTER = 2
+EMBEDDING_DIMENSIONS = 8
+OPENROUTER_PROVIDER = "MockAI"
+OPENROUTER_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+# Invented price so `cost` is deterministic: USD per token, prompt and completion alike.
+OPENROUTER_PRICE_PER_TOKEN = 0.000001
+
+_MODELS: dict[Flavour, list[str]] = {
+    "openai": ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
+    "openrouter": ["openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet", "openai/text-embedding-3-small"],
+}
+
+
+class Received(msgspec.Struct):
+    """One request as the mock saw it; the mock keeps updating it while it answers."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+    stream: bool = False
+    # Content (or tool-call) chunks written before the end or the hang-up.
+    chunks_sent: int = 0
+    completed: bool = False
+    disconnected: bool = False
+    # What the mock reported, or would have reported had #no_usage / #hang / a hang-up not stopped it.
+    usage: dict[str, Any] | None = None
+
+
+class _BadRequest(Exception):
+    """The request can't be answered as asked; becomes a 400 in the flavour's error shape."""
+
+
+def _message_text(message: Any) -> str:
+    """The text of a message: its content string, or its text parts joined by spaces."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def parse_directives(text: str) -> tuple[dict[str, int | None], str]:
+    """Split ``text`` into its directives and the remaining text (whitespace collapsed).
+
+    text: the last user message's text. Numbers are parsed here so a typo fails loudly as a 400.
+    """
+    found: dict[str, int | None] = {}
+    for match in _DIRECTIVE_RE.finditer(text):
+        name, value = match.group(1), match.group(2)
+        if name in _INT_DIRECTIVES:
+            if value is None or not value.isdigit():
+                raise _BadRequest(f"directive #{name} needs a non-negative integer, got {value!r}")
+            found[name] = int(value)
+        else:
+            found[name] = None
+    return found, " ".join(_DIRECTIVE_RE.sub(" ", text).split())
+
+
+def _chat_usage(messages: list[Any], completion_tokens: int, cached: int) -> dict[str, Any]:
+    # Deterministic stand-in for a tokenizer, so tests can predict the numbers exactly.
+    prompt = sum(len(_message_text(m).split()) for m in messages) + 3 * len(messages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _split(text: str, parts: int) -> list[str]:
+    size = math.ceil(len(text) / parts)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _embedding_inputs(raw: Any) -> list[str] | list[list[int]]:
+    """Normalise the four accepted ``input`` shapes to a list of inputs."""
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(x, str) for x in raw):
+            return raw
+        if all(is_int(x) for x in raw):
+            return [raw]
+        if all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in raw):
+            return raw
+    raise _BadRequest("input must be a string, a list of strings, a list of ints or a list of int lists")
+
+
+def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector that depends only on ``item`` and ``dimensions``; exposed so tests can predict it."""
+    rng = random.Random(hashlib.sha256(msgspec.json.encode(item)).digest())
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that notices a hang-up even while the body is asleep, and records it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], record: Received, headers: dict[str, str]) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-cache", **headers})
+        self._events = events
+        self._record = record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette only races the body against http.disconnect for ASGI < 2.4; from 2.4 on it learns
+        # of a hang-up from a failed write, which never comes while #hang or #delay sleeps.
+        ended = False
+
+        async def send_noting_end(message: Message) -> None:
+            # Noted before the write: once the last body message is out, uvicorn answers receive()
+            # with http.disconnect too, and that must not pass for a hang-up.
+            nonlocal ended
+            ended = ended or (message["type"] == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def relay() -> None:
+                    await self.stream_response(send_noting_end)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(relay)
+                await self.listen_for_disconnect(receive)
+                if not ended and not self._record.completed:
+                    self._record.disconnected = True
+                group.cancel_scope.cancel()
+        finally:
+            # The generator may be parked at a yield rather than inside an await; close it now
+            # instead of whenever it is garbage-collected.
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class _ChatReply:
+    """Everything that stays the same across the chunks (or the body) of one chat answer."""
+
+    def __init__(self, flavour: Flavour, model: str) -> None:
+        self.flavour = flavour
+        self.model = model
+        self.created = int(time.time())
+        if flavour == "openrouter":
+            self.id = f"gen-{self.created}-{uuid.uuid4().hex[:20]}"
+        else:
+            self.id = f"chatcmpl-mock{uuid.uuid4().hex[:24]}"
+
+    def envelope(self, object_: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "object": object_, "created": self.created, "model": self.model}
+        if self.flavour == "openrouter":
+            out["provider"] = OPENROUTER_PROVIDER
+        return out
+
+    def choice(self, finish_reason: str | None, **fields: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": 0, **fields, "finish_reason": finish_reason}
+        if self.flavour == "openrouter":
+            out["native_finish_reason"] = finish_reason
+        return out
+
+    def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
+        if self.flavour != "openrouter":
+            return usage
+        details = {**usage["prompt_tokens_details"], "cache_write_tokens": 0}
+        return {
+            **usage,
+            "prompt_tokens_details": details,
+            "cost": round(usage["total_tokens"] * OPENROUTER_PRICE_PER_TOKEN, 10),
+            "cost_details": {"upstream_inference_cost": None},
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Generation-Id": self.id} if self.flavour == "openrouter" else {}
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else msgspec.json.encode(payload)
+    return b"data: " + data + b"\n\n"
+
+
+class MockUpstream:
+    """A fake OpenAI-compatible upstream served by uvicorn on a background thread.
+
+    api_key: the only key accepted as ``Authorization: Bearer <key>``.
+    flavour: ``"openai"`` or ``"openrouter"``; decides ids, error shapes, keep-alives and usage extras.
+    host, port: where to listen; port 0 lets the OS choose a free one.
+    """
+
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        flavour: Flavour = "openai",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if flavour not in _MODELS:
+            raise ValueError(f"unknown flavour {flavour!r}")
+        self.api_key = api_key
+        self.flavour: Flavour = flavour
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._host = host
+        self._port = port
+        self._socket: socket.socket | None = None
+        self._bound_port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        routes = []
+        for prefix in ROUTE_PREFIXES:
+            routes += [
+                Route(prefix + "/chat/completions", self._chat, methods=["POST"]),
+                Route(prefix + "/embeddings", self._embeddings, methods=["POST"]),
+                Route(prefix + "/models", self._models, methods=["GET"]),
+            ]
+        self.app = Starlette(routes=routes)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._bound_port is None:
+            raise RuntimeError("mock upstream is not started")
+        return self._bound_port
+
+    @property
+    def url(self) -> str:
+        """Base URL including ``/v1``, ready for ``openai.OpenAI(base_url=...)``."""
+        return f"http://{self._host}:{self.port}/v1"
+
+    def _bind(self) -> uvicorn.Server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        self._socket = sock
+        self._bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            http="h11",
+            loop="asyncio",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+        self._server = uvicorn.Server(config)
+        return self._server
+
+    def start(self) -> MockUpstream:
+        """Serve on a background thread; returns once the port accepts connections."""
+        server = self._bind()
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self._socket]}, name="mock-upstream", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("mock upstream failed to start")
+            time.sleep(0.005)
+        return self
+
+    def run(self) -> None:
+        """Serve in the calling thread until interrupted (the standalone mode)."""
+        server = self._bind()
+        print(f"mock upstream ({self.flavour}) on {self.url}", flush=True)
+        server.run(sockets=[self._socket])
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=START_TIMEOUT)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = None
+
+    def __enter__(self) -> MockUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self._lock:
+            self.received.clear()
+
+    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 5.0) -> bool:
+        """Poll until ``predicate(received)`` holds; False once ``timeout`` seconds pass.
+
+        predicate: called with a snapshot of the list (same Received objects); an IndexError or
+        KeyError from it counts as "not yet", so ``lambda r: r[-1].completed`` is safe to pass.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.received)
+            try:
+                if predicate(snapshot):
+                    return True
+            except LookupError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    async def _record(self, request: Request) -> Received:
+        raw = await request.body()
+        body: dict[str, Any] | None = None
+        if raw:
+            try:
+                decoded = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                decoded = None
+            body = decoded if isinstance(decoded, dict) else None
+        record = Received(
+            method=request.method,
+            path=request.url.path,
+            headers=dict(request.headers),
+            body=body,
+            stream=bool(body and body.get("stream") is True),
+        )
+        with self._lock:
+            self.received.append(record)
+        return record
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _error(self, status: int, message: str, *, metadata: dict[str, Any] | None = None) -> JSONResponse:
+        if self.flavour == "openrouter":
+            error: dict[str, Any] = {"code": status, "message": message}
+            if metadata is not None:
+                error["metadata"] = metadata
+        else:
+            code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            error = {"message": message, "type": kind, "param": None, "code": code}
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+    def _status_directive(self, status: int) -> JSONResponse:
+        if not 400 <= status <= 599:
+            raise _BadRequest(f"#status must be an HTTP error code, got {status}")
+        message = f"mock error {status}"
+        if status == 401:
+            # The key is echoed unmasked on purpose: gateway tests check that it gets redacted.
+            message += f": Incorrect API key provided: {self.api_key}."
+        return self._error(
+            status, message, metadata={"provider_name": OPENROUTER_PROVIDER, "raw": "upstream said no"}
+        )
+
+    def _unauthorised(self, request: Request) -> JSONResponse | None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and presented == self.api_key:
+            return None
+        if not presented:
+            return self._error(401, "You didn't provide an API key (Authorization: Bearer <key>).")
+        return self._error(401, f"Incorrect API key provided: {presented}.")
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _models(self, request: Request) -> Response:
+        await self._record(request)
+        if denied := self._unauthorised(request):
+            return denied
+        if self.flavour == "openrouter":
+            # OpenRouter quotes prices as decimal strings, USD per token.
+            price = f"{OPENROUTER_PRICE_PER_TOKEN:.7f}"
+            data = [
+                {
+                    "id": model,
+                    "name": f"Mock {model}",
+                    "context_length": 128000,
+                    "pricing": {"prompt": price, "completion": price},
+                }
+                for model in _MODELS["openrouter"]
+            ]
+            return JSONResponse({"data": data})
+        data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "mock"} for m in _MODELS["openai"]]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _chat(self, request: Request) -> Response:
+        record = await self._record(request)
+        if denied := self._unauthorised(request):
+            return denied
+        try:
+            return await self._answer_chat(request, record)
+        except _BadRequest as exc:
+            return self._error(400, str(exc))
+
+    async def _answer_chat(self, request: Request, record: Received) -> Response:
+        body = record.body
+        if body is None or not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            raise _BadRequest("body must be a JSON object with a string 'model' and a list 'messages'")
+        messages: list[Any] = body["messages"]
+        last_user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
+        directives, text = parse_directives(_message_text(last_user))
+
+        if "status" in directives:
+            return self._status_directive(directives["status"] or 0)
+
+        tool_name: str | None = None
+        if "tools" in directives:
+            tools = body.get("tools")
+            try:
+                tool_name = tools[0]["function"]["name"]
+            except (TypeError, LookupError):
+                raise _BadRequest("#tools needs at least one function in the request's 'tools'") from None
+            pieces: list[str] = []
+            completion_tokens = TOOL_COMPLETION_TOKENS
+        else:
+            if "echo_body" in directives:
+                content = msgspec.json.encode(body).decode()
+            elif "chunks" in directives:
+                content = "".join(f"tok{i} " for i in range(directives["chunks"] or 0))
+            else:
+                content = REPLY_PREFIX + text
+            # One word plus its trailing whitespace per chunk, so the chunks join back to `content`.
+            pieces = re.findall(r"\S+\s*", content)
+            completion_tokens = len(pieces)
+
+        record.usage = _chat_usage(messages, completion_tokens, directives.get("cached") or 0)
+        reply = _ChatReply(self.flavour, body["model"])
+        delay = (directives.get("delay") or 0) / 1000
+        if record.stream:
+            events = self._chat_events(reply, record, directives, pieces, tool_name, delay)
+            return _EventStream(events, record, reply.headers())
+        return await self._chat_body(request, reply, record, directives, pieces, tool_name, delay)
+
+    async def _chat_body(
+        self,
+        request: Request,
+        reply: _ChatReply,
+        record: Received,
+        directives: dict[str, int | None],
+        pieces: list[str],
+        tool_name: str | None,
+        delay: float,
+    ) -> Response:
+        wait = math.inf if "hang" in directives else delay
+        if wait and await self._client_left_during(request, wait):
+            record.disconnected = True
+            # Nobody is left to read this; uvicorn drops it. 499 is nginx's "client closed request".
+            return Response(status_code=499)
+        if "hang" in directives:
+            return self._error(503, "mock upstream is shutting down")
+        if "error_in_200" in directives:
+            record.completed = True
+            return JSONResponse({"error": {"code": 502, "message": "upstream model failed"}})
+
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        finish_reason = "stop"
+        if tool_name is not None:
+            message["content"] = None
+            message["tool_calls"] = [_tool_call(tool_name)]
+            finish_reason = "tool_calls"
+        out = reply.envelope("chat.completion")
+        out["system_fingerprint"] = "fp_mock"
+        out["choices"] = [reply.choice(finish_reason, message=message, logprobs=None)]
+        if "no_usage" not in directives and record.usage is not None:
+            out["usage"] = reply.usage(record.usage)
+        record.completed = True
+        return JSONResponse(out, headers=reply.headers())
+
+    async def _chat_events(
+        self,
+        reply: _ChatReply,
+        record: Received,
+        directives: dict[str, int | None],
+        pieces: list[str],
+        tool_name: str | None,
+        delay: float,
+    ) -> AsyncIterator[bytes]:
+        body = record.body or {}
+        openrouter = self.flavour == "openrouter"
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        # OpenRouter always sends usage, whatever stream_options says.
+        usage_on = include_usage or openrouter
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            out = reply.envelope("chat.completion.chunk")
+            out["choices"] = [reply.choice(finish_reason, delta=delta, logprobs=None)]
+            if usage_on:
+                out["usage"] = None
+            return _sse(out)
+
+        deltas: list[dict[str, Any]]
+        if tool_name is not None:
+            head = _tool_call(tool_name, arguments="")
+            deltas = [{"tool_calls": [{"index": 0, **head}]}]
+            deltas += [
+                {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+                for fragment in _split(TOOL_ARGUMENTS, TOOL_ARGUMENT_FRAGMENTS)
+            ]
+        else:
+            deltas = [{"content": piece} for piece in pieces]
+        if "hang" in directives:
+            deltas = deltas[:1]
+        elif "midstream_error" in directives:
+            deltas = deltas[:MIDSTREAM_ERROR_AFTER]
+
+        if openrouter:
+            yield OPENROUTER_KEEPALIVE
+        await anyio.sleep(delay)
+        yield chunk({"role": "assistant", "content": ""})
+        for index, delta in enumerate(deltas):
+            await anyio.sleep(delay)
+            if openrouter and index % 2 == 1:
+                yield OPENROUTER_KEEPALIVE
+            yield chunk(delta)
+            record.chunks_sent += 1
+
+        if "hang" in directives:
+            await self._hang()
+            return
+        if "midstream_error" in directives:
+            out = reply.envelope("chat.completion.chunk")
+            out["error"] = {"code": "server_error", "message": "Provider disconnected unexpectedly"}
+            out["choices"] = [reply.choice("error", delta={"content": ""})]
+            yield _sse(out)
+            # OpenRouter ends such a stream without [DONE]; so does the mock.
+            record.completed = True
+            return
+
+        yield chunk({}, "tool_calls" if tool_name is not None else "stop")
+        if usage_on and "no_usage" not in directives and record.usage is not None:
+            out = reply.envelope("chat.completion.chunk")
+            out["choices"] = []
+            out["usage"] = reply.usage(record.usage)
+            yield _sse(out)
+        yield _sse("[DONE]")
+        record.completed = True
+
+    async def _hang(self) -> None:
+        """Sleep until stop() is called (or the caller is cancelled by a hang-up)."""
+        while not self._stopping.is_set():
+            await anyio.sleep(STOP_POLL)
+
+    async def _client_left_during(self, request: Request, seconds: float) -> bool:
+        """Wait ``seconds`` (``math.inf``: until stop()); True as soon as the client hangs up instead."""
+        with anyio.move_on_after(seconds):
+            while not self._stopping.is_set():
+                with anyio.move_on_after(STOP_POLL):
+                    # The body is already read, so the next ASGI message can only be the disconnect.
+                    if (await request.receive())["type"] == "http.disconnect":
+                        return True
+        return False
+
+    async def _embeddings(self, request: Request) -> Response:
+        record = await self._record(request)
+        if denied := self._unauthorised(request):
+            return denied
+        try:
+            return await self._answer_embeddings(request, record)
+        except _BadRequest as exc:
+            return self._error(400, str(exc))
+
+    async def _answer_embeddings(self, request: Request, record: Received) -> Response:
+        body = record.body
+        if body is None or not isinstance(body.get("model"), str):
+            raise _BadRequest("body must be a JSON object with a string 'model'")
+        inputs = _embedding_inputs(body.get("input"))
+        dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            raise _BadRequest("dimensions must be a positive integer")
+        # Not in the brief for embeddings, but lets gateway tests provoke errors and slowness here too.
+        directives, _ = parse_directives(" ".join(i for i in inputs if isinstance(i, str)))
+        if "status" in directives:
+            return self._status_directive(directives["status"] or 0)
+        delay = (directives.get("delay") or 0) / 1000
+        if delay and await self._client_left_during(request, delay):
+            record.disconnected = True
+            return Response(status_code=499)
+
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding_vector(item, dimensions)
+            embedding: list[float] | str = vector
+            if as_base64:
+                embedding = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in inputs)
+        usage: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        if self.flavour == "openrouter":
+            usage["cost"] = round(tokens * OPENROUTER_PRICE_PER_TOKEN, 10)
+        record.usage = usage
+        record.completed = True
+        return JSONResponse({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+
+def _tool_call(name: str, arguments: str = TOOL_ARGUMENTS) -> dict[str, Any]:
+    return {"id": TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the mock OpenAI-compatible upstream.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18001)
+    parser.add_argument("--flavour", choices=sorted(_MODELS), default="openai")
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    args = parser.parse_args(argv)
+    MockUpstream(args.api_key, args.flavour, host=args.host, port=args.port).run()
+
+
+if __name__ == "__main__":
+    main()
