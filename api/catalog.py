@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import time
 
 import msgspec
 from redis.exceptions import RedisError
@@ -80,9 +80,8 @@ async def health(request: Request) -> Response:
     workers = dict.fromkeys(providers, 0)
     redis_ok = True
     try:
-        keys = await asyncio.wait_for(_heartbeats(gateway), timeout=2.0)
-        seen = Counter(key.split(":")[-2] for key in keys)
-        workers.update({p: seen.get(p, 0) for p in providers})
+        counts = await asyncio.wait_for(_live_workers(gateway, providers), timeout=2.0)
+        workers.update(zip(providers, counts))
     except (RedisError, OSError, TimeoutError):
         redis_ok = False
     alive = sum(workers.values())
@@ -96,8 +95,10 @@ async def health(request: Request) -> Response:
                     media_type="application/json")
 
 
-async def _heartbeats(gateway: Gateway) -> list[str]:
-    keys = []
-    async for key in gateway.redis.scan_iter(match=gateway.keys.worker_heartbeat_pattern(), count=500):
-        keys.append(key.decode() if isinstance(key, bytes) else key)
-    return keys
+async def _live_workers(gateway: Gateway, providers: list[str]) -> list[int]:
+    # A worker is alive while its heartbeat is younger than three intervals.
+    since = time.time() - 3 * gateway.settings.heartbeat_interval
+    async with gateway.redis.pipeline(transaction=False) as pipe:
+        for provider in providers:
+            pipe.zcount(gateway.keys.workers(provider), since, "+inf")
+        return [int(n) for n in await pipe.execute()]

@@ -31,12 +31,12 @@ class Keys:
         """Pub/sub channel on which the front door asks every worker to drop a request."""
         return f"{self.prefix}cancel"
 
-    def worker_heartbeat(self, provider: str, worker_id: str) -> str:
-        """Expires a few heartbeats after the worker stops refreshing it."""
-        return f"{self.prefix}worker:{provider}:{worker_id}"
+    def workers(self, provider: str) -> str:
+        """Sorted set of the worker ids serving a provider, scored by their last heartbeat (unix s).
 
-    def worker_heartbeat_pattern(self) -> str:
-        return f"{self.prefix}worker:*"
+        A set rather than a key per worker so that health is one ZCOUNT, never a SCAN.
+        """
+        return f"{self.prefix}workers:{provider}"
 
     def usage_seen(self, request_id: str) -> str:
         """Marks a request as metered; lives long enough to outlast any retry of its job."""

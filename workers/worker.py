@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import msgspec
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
+from redis.exceptions import RedisError
 
 from shared.config import Settings
 from shared.errors import GatewayError
@@ -52,10 +54,19 @@ class WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        backoff = 0.1
         while True:
             # Cleared before polling, so an enqueue during the poll still wakes the next wait.
             self.wake.clear()
-            await self._poll_iteration()
+            try:
+                await self._poll_iteration()
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                # A Redis blip must not end the worker: jobs in flight carry on, polling resumes.
+                logger.warning("polling %s failed (%r); retrying in %.1fs", self.queue_name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             try:
                 await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
             except TimeoutError:
@@ -133,9 +144,10 @@ class WorkerProcess:
                 )
                 for n in self.names
             ]
-            listener = await self._subscribe(redis, runner, wakes)
-            tasks = [asyncio.create_task(w.main(), name=f"worker:{n}") for w, n in zip(workers, self.names)]
-            tasks.append(asyncio.create_task(listener, name="listener"))
+            subscribed = asyncio.Event()
+            tasks = [asyncio.create_task(self._listen(redis, runner, wakes, subscribed), name="listener")]
+            await asyncio.wait_for(subscribed.wait(), 10)
+            tasks += [asyncio.create_task(w.main(), name=f"worker:{n}") for w, n in zip(workers, self.names)]
             tasks.append(asyncio.create_task(self._heartbeat(redis), name="heartbeat"))
             logger.info("worker %s serving %s", self.worker_id, ", ".join(self.keys.queue(n) for n in self.names))
             stopper = asyncio.create_task(self._stop.wait())
@@ -145,14 +157,21 @@ class WorkerProcess:
                     logger.error("worker task %s died: %r", task.get_name(), task.exception())
             await self._shutdown(redis, workers, tasks)
 
-    async def _subscribe(self, redis: ArqRedis, runner: JobRunner, wakes: dict[str, asyncio.Event]):
-        pubsub = redis.pubsub()
+    async def _listen(self, redis: ArqRedis, runner: JobRunner, wakes: dict[str, asyncio.Event],
+                      subscribed: asyncio.Event) -> None:
+        """Wake-ups and cancels, on one pub/sub connection; resubscribes after a Redis blip."""
         by_channel = {self.keys.queue_notify(n).encode(): wake for n, wake in wakes.items()}
         cancel_channel = self.keys.cancel_channel.encode()
-        await pubsub.subscribe(*by_channel, cancel_channel)
-
-        async def listen() -> None:
+        backoff = 0.1
+        while True:
+            pubsub = redis.pubsub()
             try:
+                await pubsub.subscribe(*by_channel, cancel_channel)
+                subscribed.set()
+                backoff = 0.1
+                # Jobs enqueued while we were not listening are found by this poll.
+                for wake in wakes.values():
+                    wake.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is None:
@@ -165,19 +184,29 @@ class WorkerProcess:
                             logger.warning("ignored a malformed cancel message")
                     elif (wake := by_channel.get(channel)) is not None:
                         wake.set()
+            except (RedisError, OSError) as exc:
+                logger.warning("worker pub/sub lost (%r); resubscribing in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
             finally:
-                await pubsub.aclose()
-
-        return listen()
+                try:
+                    await pubsub.aclose()
+                except (RedisError, OSError):
+                    pass
 
     async def _heartbeat(self, redis: ArqRedis) -> None:
         interval = self.settings.heartbeat_interval
-        info = msgspec.json.encode({"worker_id": self.worker_id, "pid": os.getpid()})
         while True:
-            async with redis.pipeline(transaction=False) as pipe:
-                for n in self.names:
-                    pipe.set(self.keys.worker_heartbeat(n, self.worker_id), info, px=int(interval * 3000))
-                await pipe.execute()
+            now = time.time()
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for n in self.names:
+                        pipe.zadd(self.keys.workers(n), {self.worker_id: now})
+                        # Workers that died without saying goodbye fall out after a while.
+                        pipe.zremrangebyscore(self.keys.workers(n), "-inf", now - 60 * interval)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                logger.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(interval)
 
     async def _shutdown(self, redis: ArqRedis, workers: list[WakeableWorker], tasks: list[asyncio.Task]) -> None:
@@ -194,8 +223,11 @@ class WorkerProcess:
                 task.cancel()
         await asyncio.gather(*tasks, *(t for w in workers for t in w.tasks.values()), return_exceptions=True)
         try:
-            await redis.delete(*(self.keys.worker_heartbeat(n, self.worker_id) for n in self.names))
-        except Exception:
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in self.names:
+                    pipe.zrem(self.keys.workers(n), self.worker_id)
+                await pipe.execute()
+        except (RedisError, OSError):
             pass
 
 
