@@ -41,12 +41,12 @@ def _setup_logging(level: str) -> None:
 
 
 def _run_uvloop(coro) -> None:
-    try:
+    if _has_uvloop():
         import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
+
         uvloop.run(coro)
+    else:
+        asyncio.run(coro)
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import openai
-import pytest
 
 
 def last(mock):

@@ -71,7 +71,7 @@ base_url = "{openrouter_mock.url}"
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines = []
+
         deadline = time.monotonic() + 30
         url = f"http://127.0.0.1:{port}/ai/v1"
         while time.monotonic() < deadline:
