@@ -110,7 +110,7 @@ class Verifier:
     async def verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.PyJWTError:
             raise Unauthorized("Malformed token: not a JWT.") from None
         key = await self._key_for(header.get("kid"))
         if key is None:

@@ -148,10 +148,21 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
     section: dict = {}
     if file is not None:
         section = _read_section(file)
+    # Provider tables are converted one by one: msgspec's error path does not name a dict key.
+    raw_providers = section.pop("providers", {})
+    if not isinstance(raw_providers, dict):
+        raise ConfigError(f"{source}: gateway.providers: expected a table of provider tables")
     try:
         table = msgspec.convert(section, _GatewayTable)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc, 'gateway')}") from None
+    providers = {}
+    for name, raw in raw_providers.items():
+        try:
+            providers[name] = msgspec.convert(raw, _ProviderTable)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: {_describe(exc, f'gateway.providers.{name}')}") from None
+    table = msgspec.structs.replace(table, providers=providers)
     return _resolve(table, source, file.parent if file else Path.cwd(), env)
 
 

@@ -136,6 +136,7 @@ _KINDS: dict[str, type[GatewayError]] = {
         Unauthorized,
         ModelNotFound,
         NotFound,
+        MethodNotAllowed,
         QuotaExceeded,
         ProviderError,
         UpstreamTimeout,
@@ -175,7 +176,8 @@ class WireError(msgspec.Struct, array_like=True):
 
 # Keys and bearer tokens that upstreams like to echo back ("Incorrect API key provided: sk-...").
 _SECRET = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{4,}|Bearer\s+[A-Za-z0-9._\-]{8,}|AKIA[0-9A-Z]{12,}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9._\-]+)"
+    r"(sk-[A-Za-z0-9_\-]{4,}|Bearer\s+[A-Za-z0-9._\-]{8,}|AKIA[0-9A-Z]{12,}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9._\-]+)",
+    re.IGNORECASE,
 )
 
 

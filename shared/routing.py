@@ -30,7 +30,7 @@ def order_models(alias: Alias, models: list[Model], turn: int | None = None,
         (rng or random).shuffle(shuffled)
         return shuffled
     if alias.strategy == "round_robin" and models:
-        start = (turn or 0) % len(models)
+        start = ((turn or 1) - 1) % len(models)  # INCR counts from 1; the first request gets the first target
         return models[start:] + models[:start]
     if alias.strategy == "cheapest":
         # sorted() is stable: equal prices keep the declared order.

@@ -42,7 +42,7 @@ return 1
 """
 
 
-class UsageProperties(msgspec.Struct, omit_defaults=True):
+class UsageProperties(msgspec.Struct):
     model_id: str
     user_id: str
     tokens_in: int
@@ -62,8 +62,8 @@ class UsageProperties(msgspec.Struct, omit_defaults=True):
 class UsageEvent(msgspec.Struct):
     """The page's shape, ``{"event":"ai.usage","properties":{model_id,user_id,tokens_in,tokens_out,…}}``."""
 
+    event: str
     properties: UsageProperties
-    event: str = "ai.usage"
 
 
 class Tokens(msgspec.Struct):
@@ -81,8 +81,10 @@ def tokens_from_usage(usage: Any) -> Tokens | None:
     tin, tout = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
     if not isinstance(tin, int) or not isinstance(tout, int):
         return None
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = (prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0) or 0
+    reasoning = (completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0) or 0
     return Tokens(tin, tout, int(cached) if isinstance(cached, int) else 0,
                   int(reasoning) if isinstance(reasoning, int) else 0)
 
@@ -120,7 +122,7 @@ class UsageRecorder:
         Redis hiccups are retried with backoff; the claim makes a retry after a lost reply safe.
         """
         day = time.strftime("%Y-%m-%d", time.gmtime(props.timestamp))
-        event = msgspec.json.encode(UsageEvent(props))
+        event = msgspec.json.encode(UsageEvent("ai.usage", props))
         keys = [
             self._keys.usage_seen(props.request_id),
             self._keys.usage_counters(day, props.user_id, props.model_id),

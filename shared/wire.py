@@ -206,7 +206,7 @@ def check_embeddings(req: EmbeddingsRequest) -> None:
             raise InvalidRequest("'input' cannot contain empty strings.", param="input")
         if list in kinds and not all(inp):
             raise InvalidRequest("'input' cannot contain empty token arrays.", param="input")
-        if int in kinds and any(t < 0 for t in inp):
+        if (int in kinds and any(t < 0 for t in inp)) or (list in kinds and any(t < 0 for a in inp for t in a)):
             raise InvalidRequest("token ids in 'input' cannot be negative.", param="input")
 
 

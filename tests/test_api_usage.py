@@ -38,7 +38,7 @@ def test_usage_event_shape_and_counters(gateway, local_mock):
     assert props["tokens_in"] == reported["prompt_tokens"]
     assert props["tokens_out"] == reported["completion_tokens"]
     assert props["provider"] == "local" and props["cached_tokens"] == 2
-    assert "estimated" not in props
+    assert props["estimated"] is False and props["status"] == "ok"
     # mock-local costs $1/M in, $0.5/M cached in, $2/M out
     expected = ((props["tokens_in"] - 2) * 1.0 + 2 * 0.5 + props["tokens_out"] * 2.0) / 1e6
     assert props["cost_usd"] == pytest.approx(expected)
