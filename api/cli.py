@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import msgspec
+from redis.exceptions import RedisError
 
 from shared import __version__
 from shared.config import ConfigError, Settings, load_settings, split_bind
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, settings)
     except (ConfigError, RegistryError, GatewayError, EmbeddedRedisError) as exc:
         print(f"reactor: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:
+        print(f"reactor: cannot use Redis: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -43,6 +43,7 @@ def test_auth_token_mints_a_token_for_the_local_key(tmp_path):
     ("[gateway.providers.mine]\nkind = 'openai'\n", "gateway.providers.mine.base_url"),
     ("[gateway]\nregistry_overlay = './missing.toml'\n", "missing.toml"),
     ("[gateway]\nregistry_overlay = './bad.toml'\n", 'aliases."x".strategy'),
+    ("[gateway]\nregistry_url = 'http://127.0.0.1:9/models.toml'\nregistry_timeout = 1\n", "127.0.0.1:9"),
 ])
 def test_bad_config_fails_start_up_naming_file_and_key(tmp_path, config, words):
     (tmp_path / "reactor.toml").write_text(config)
@@ -50,6 +51,15 @@ def test_bad_config_fails_start_up_naming_file_and_key(tmp_path, config, words):
     result = reactor("worker", cwd=tmp_path, env={"REDIS_URL": "redis://127.0.0.1:1/0", "OPENROUTER_API_KEY": "k"})
     assert result.returncode == 2
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_optional_registry_url_may_fail(tmp_path):
+    (tmp_path / "reactor.toml").write_text(
+        "[gateway]\nregistry_url = 'http://127.0.0.1:9/models.toml'\nregistry_timeout = 1\nregistry_optional = true\n")
+    # Gets past the registry to the Redis connection, which is what fails here.
+    result = reactor("worker", cwd=tmp_path, env={"REDIS_URL": "redis://127.0.0.1:1/0", "OPENROUTER_API_KEY": "k"})
+    assert "continuing with the built-in registry" in result.stderr
+    assert result.returncode == 2 and "cannot use Redis" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_provider_key_fails_start_up(tmp_path):
