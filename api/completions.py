@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,20 +28,24 @@ def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def chat_completions(request: Request) -> Response:
+async def _admit(request: Request, schema: type, check: Callable[[Any], None],
+                 kind: str) -> tuple[Gateway, Any, Job]:
+    """The steps every inference route shares: who asks, what they ask, which targets may serve it."""
     gateway: Gateway = request.app.state.gateway
     identity = await gateway.authenticate(request)
     body = await gateway.read_body(request)
-    chat, _ = decode_request(body, ChatRequest)
-    check_chat(chat)
-    alias, targets = await plan(gateway.registry, chat.model, "chat", gateway.round_robin_turn)
-    stream = bool(chat.stream)
-    job = Job(
-        request_id=uuid.uuid4().hex, kind="chat", reply_channel=gateway.replies.channel,
-        user_id=identity.user_id, targets=targets, alias=alias, body=body, stream=stream,
-        include_usage=stream and bool(chat.stream_options and chat.stream_options.include_usage),
-        enqueued_at=time.time(),
-    )
+    typed, _ = decode_request(body, schema)
+    check(typed)
+    alias, targets = await plan(gateway.registry, typed.model, kind, gateway.round_robin_turn)
+    job = Job(request_id=uuid.uuid4().hex, kind=kind, reply_channel=gateway.replies.channel,
+              user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time())
+    return gateway, typed, job
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway, chat, job = await _admit(request, ChatRequest, check_chat, "chat")
+    job.stream = stream = bool(chat.stream)
+    job.include_usage = stream and bool(chat.stream_options and chat.stream_options.include_usage)
     replies = await gateway.submit(job)
     headers = {"X-Request-Id": job.request_id}
     if not stream:
@@ -59,16 +64,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
-    identity = await gateway.authenticate(request)
-    body = await gateway.read_body(request)
-    req, _ = decode_request(body, EmbeddingsRequest)
-    check_embeddings(req)
-    alias, targets = await plan(gateway.registry, req.model, "embeddings", gateway.round_robin_turn)
-    job = Job(
-        request_id=uuid.uuid4().hex, kind="embeddings", reply_channel=gateway.replies.channel,
-        user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time(),
-    )
+    gateway, _, job = await _admit(request, EmbeddingsRequest, check_embeddings, "embeddings")
     replies = await gateway.submit(job)
     return await _single(gateway, replies, {"X-Request-Id": job.request_id})
 
