@@ -44,7 +44,7 @@ def test_unauthorized_expired_and_foreign_tokens(gateway, tmp_path):
 
     expired = gateway.token(ttl=-60)
     foreign = LocalKey.load_or_create(tmp_path / "other").mint("user_x")
-    forged = jwt.encode({"sub": "user_x", "exp": int(time.time()) + 60}, "secret", algorithm="HS256")
+    forged = jwt.encode({"sub": "user_x", "exp": int(time.time()) + 60}, "a-shared-secret-of-at-least-32-bytes", algorithm="HS256")
     for token, words in ((expired, "expired"), (foreign, "unknown key"), (forged, "")):
         response = post(gateway, "chat/completions", CHAT, token=token)
         assert response.status_code == 401, token
