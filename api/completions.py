@@ -60,7 +60,7 @@ async def chat_completions(request: Request) -> Response:
         # Nothing was sent yet, so the failure can still be a proper HTTP status.
         replies.close()
         raise reply_error(first)
-    return EventStreamResponse(_relay(gateway, replies, first), headers=headers)
+    return EventStreamResponse(_relay(gateway, job, replies, first), headers=headers)
 
 
 async def embeddings(request: Request) -> Response:
@@ -84,10 +84,11 @@ async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str
     raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
 
 
-async def _relay(gateway: Gateway, replies: ReplyStream, reply) -> AsyncIterator[bytes]:
+async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> AsyncIterator[bytes]:
     finished = False
     try:
         while True:
+            out_chars = reply.out_chars
             out = b"".join(_sse(frame) for frame in reply.frames)
             if reply.kind == "done":
                 finished = True
@@ -102,6 +103,10 @@ async def _relay(gateway: Gateway, replies: ReplyStream, reply) -> AsyncIterator
             try:
                 reply = await replies.next(gateway.silence_timeout)
             except GatewayError as exc:
+                # The worker went silent or its messages were lost: it may be dead with the
+                # usage unrecorded, so meter what reached the client.
+                if out_chars:
+                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at))
                 yield _sse(exc.to_json())
                 return
     finally:

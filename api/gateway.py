@@ -19,6 +19,7 @@ from shared.errors import GatewayError, PayloadTooLarge, Unavailable
 from shared.keys import Keys
 from shared.queue import enqueue
 from shared.registry import Registry
+from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, replay_spool_forever
 from shared.wire import Cancel, Job
 
 from .auth import Identity, Verifier, bearer_token
@@ -42,17 +43,21 @@ class Gateway:
         self.keys = Keys(settings.key_prefix)
         self.process_id = uuid.uuid4().hex[:12]
         self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id))
+        self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
         self._background: set[asyncio.Task] = set()
         # Silence after which a worker counts as gone: a few missed pings.
         self.silence_timeout = settings.heartbeat_interval * 3 + 1.0
 
     async def start(self) -> None:
         await self.replies.start()
+        self.spawn(replay_spool_forever(self.usage))
 
     async def stop(self) -> None:
         await self.replies.stop()
         if self._background:
-            await asyncio.wait(self._background, timeout=2)
+            _, pending = await asyncio.wait(self._background, timeout=2)
+            for task in pending:
+                task.cancel()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` detached from the request, e.g. a cancel sent while the request is torn down."""
@@ -102,6 +107,23 @@ class Gateway:
             self.spawn(self.cancel(job.request_id))
             raise
         return stream
+
+    async def meter_lost_worker(self, job: Job, out_chars: int, started: float) -> None:
+        """Meter a stream whose worker died before metering it: what the client was sent, estimated.
+
+        The worker may yet record it (it was only slow); the request-id claim keeps whichever
+        record comes first, so the request is never counted twice.
+        """
+        target = job.targets[0]
+        body = msgspec.json.decode(job.body)
+        tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
+        props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,
+                            model_id=target.model_id, provider=target.provider, tokens=tokens,
+                            model=self.registry.models.get(target.model_id), started=started, status="worker_lost")
+        try:
+            await self.usage.record(props)
+        except (RedisError, OSError):
+            pass  # logged by the recorder
 
     async def cancel(self, request_id: str) -> None:
         """Tell every worker to drop ``request_id``: abort its upstream call, or skip it if queued."""

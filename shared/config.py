@@ -114,6 +114,11 @@ class Settings(msgspec.Struct, frozen=True):
     def host_port(self) -> tuple[str, int]:
         return split_bind(self.bind, "bind")
 
+    @property
+    def usage_spool(self) -> Path:
+        """Where usage records wait while Redis is unreachable."""
+        return self.data_dir / "usage-spool.jsonl"
+
     def secrets(self) -> tuple[str, ...]:
         """Every provider key this gateway holds, for redaction."""
         return tuple(p.api_key for p in self.providers.values() if p.api_key)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import Keys
+from .registry import Model
 
 logger = logging.getLogger("reactor.usage")
 
@@ -89,6 +92,25 @@ def tokens_from_usage(usage: Any) -> Tokens | None:
                   int(reasoning) if isinstance(reasoning, int) else 0)
 
 
+def prompt_chars(body: dict[str, Any]) -> int:
+    """The size of what a request sends the model, for estimating its tokens when nobody reports them."""
+    messages = body.get("messages")
+    if messages is None:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        # A token array is already counted in tokens: four "characters" per token keeps the scale.
+        return sum(len(i) if isinstance(i, str) else 4 * (len(i) if isinstance(i, list) else 1) for i in items)
+    total = 0
+    for msg in messages if isinstance(messages, list) else ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+        total += 12  # role and framing tokens, about three per message
+    return total
+
+
 def estimate_tokens(chars: int) -> int:
     """About four characters per token for English text, the usual rule of thumb."""
     return max(1, math.ceil(chars / 4)) if chars else 0
@@ -102,25 +124,101 @@ def cost_usd(tokens: Tokens, input_price: float, output_price: float, cached_pri
     return round(total / 1_000_000, 10)
 
 
+def build_usage(*, request_id: str, user_id: str, alias: str | None, model_id: str, provider: str,
+                tokens: Tokens, model: Model | None, started: float, status: str) -> UsageProperties:
+    """One request's usage record, priced with the registry's prices for ``model``."""
+    now = time.time()
+    cost = cost_usd(tokens, model.input_price_per_mtok, model.output_price_per_mtok,
+                    model.cached_input_price_per_mtok) if model else 0.0
+    return UsageProperties(
+        model_id=model_id, user_id=user_id, tokens_in=tokens.tokens_in, tokens_out=tokens.tokens_out,
+        request_id=request_id, provider=provider, timestamp=now, latency_ms=round((now - started) * 1000, 2),
+        cost_usd=cost, status=status, alias=alias, cached_tokens=tokens.cached_tokens,
+        reasoning_tokens=tokens.reasoning_tokens, estimated=tokens.estimated,
+    )
+
+
+_props_decoder = msgspec.json.Decoder(UsageProperties)
+
+
 class UsageRecorder:
     """Writes usage records.
 
     :param redis: any pool.
     :param keys: the key names.
     :param retention_days: how long per-day counters live.
+    :param spool: a file that keeps records Redis could not take, until :meth:`replay_spool`
+        gets them in; None to drop them with an error log.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, retention_days: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, retention_days: int, spool: Path | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self._retention_s = retention_days * 86_400
         self._script = redis.register_script(_RECORD)
+        self.spool = spool
 
     async def record(self, props: UsageProperties, attempts: int = 5) -> bool:
         """Meter one request. Returns False when it was metered before.
 
         Redis hiccups are retried with backoff; the claim makes a retry after a lost reply safe.
+        When Redis stays away the record goes to the spool, so it is late but never lost.
         """
+        try:
+            return await self._record(props, attempts)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if self.spool is None:
+                logger.error("usage record for %s lost: %s", props.request_id, msgspec.json.encode(props).decode())
+                raise
+            self._append(props)
+            logger.warning("Redis unreachable: usage of %s spooled to %s", props.request_id, self.spool)
+            return True
+
+    def _append(self, props: UsageProperties) -> None:
+        self._write_line(msgspec.json.encode(props))
+
+    def _write_line(self, line: bytes) -> None:
+        assert self.spool is not None
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        # One write of one line to an O_APPEND file: concurrent writers never interleave.
+        fd = os.open(self.spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def replay_spool(self) -> int:
+        """Record what the spool holds; returns how many were new (not metered before).
+
+        The spool is renamed first, so two processes sharing it never replay the same lines,
+        and the request-id claim makes a replay that raced a late original harmless.
+        """
+        if self.spool is None or not self.spool.exists() or self.spool.stat().st_size == 0:
+            return 0
+        batch = self.spool.with_name(f"{self.spool.name}.{os.getpid()}.replaying")
+        try:
+            os.replace(self.spool, batch)
+        except FileNotFoundError:
+            return 0
+        done = 0
+        lines = batch.read_bytes().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                props = _props_decoder.decode(line)
+            except msgspec.DecodeError:
+                logger.error("dropped a corrupt usage spool line: %r", line[:200])
+                continue
+            try:
+                done += await self._record(props, attempts=1)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                for rest in lines[i:]:
+                    self._write_line(rest)
+                break
+        batch.unlink()
+        return done
+
+    async def _record(self, props: UsageProperties, attempts: int) -> bool:
         day = time.strftime("%Y-%m-%d", time.gmtime(props.timestamp))
         event = msgspec.json.encode(UsageEvent("ai.usage", props))
         keys = [
@@ -137,9 +235,19 @@ class UsageRecorder:
                 return bool(await self._script(keys=keys, args=args))
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == attempts - 1:
-                    logger.error("usage record for %s lost after %d attempts: %s", props.request_id, attempts,
-                                 event.decode())
                     raise
             await asyncio.sleep(delay)
             delay *= 2
         return False
+
+
+async def replay_spool_forever(recorder: UsageRecorder, interval: float = 5.0) -> None:
+    """Feed usage records spooled during a Redis outage back in once Redis answers again."""
+    while True:
+        try:
+            replayed = await recorder.replay_spool()
+            if replayed:
+                logger.info("recorded %d spooled usage records", replayed)
+        except OSError as exc:
+            logger.warning("usage spool replay failed: %r", exc)
+        await asyncio.sleep(interval)

@@ -254,6 +254,7 @@ class Reply(Struct, array_like=True):
     body: bytes | None = None          # "result": the full JSON response
     error: WireError | None = None     # "error": what went wrong
     model_id: str | None = None        # "start": the model that is serving
+    out_chars: int = 0                 # characters of output sent so far, for metering a lost worker
 
 
 class Cancel(Struct, array_like=True):

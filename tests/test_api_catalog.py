@@ -89,10 +89,19 @@ def test_worker_death_mid_stream_ends_the_stream(fresh_gateway):
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
             got += 1
+            request_id = chunk.id.removeprefix("chatcmpl-")
             if got == 3:
                 fresh_gateway.kill_worker()
     assert "silent" in str(info.value)
     assert time.monotonic() - started < 8  # noticed within a few missed pings, not the 10 s of the stream
+    # The dead worker never metered the stream; the front door did, for what the client received.
+    deadline = time.monotonic() + 5
+    events = []
+    while time.monotonic() < deadline and not events:
+        events = [e for e in fresh_gateway.usage_events() if e["properties"]["request_id"] == request_id]
+        time.sleep(0.1)
+    assert len(events) == 1
+    assert events[0]["properties"]["status"] == "worker_lost" and events[0]["properties"]["tokens_out"] >= 1
     # health reports the dead worker once its heartbeat lapses, and a new worker takes over
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and httpx.get(f"{fresh_gateway.base_url}/health").status_code != 503:

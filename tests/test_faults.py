@@ -85,3 +85,38 @@ def test_redis_restart(tmp_path, private_redis, openrouter_mock, local_mock):
         assert chunks[-1].choices[0].finish_reason == "stop"
     finally:
         gw.stop()
+
+
+def test_redis_dies_mid_stream_usage_is_spooled_then_recorded_once(tmp_path, private_redis, openrouter_mock,
+                                                                   local_mock):
+    gw = RunningGateway(tmp_path / "gw", private_redis.url, f"rfault-{uuid.uuid4().hex[:6]}:", openrouter_mock.url,
+                        local_mock.url)
+    gw.start()
+    try:
+        stream = gw.client("user_spool").chat.completions.create(
+            model="mock-local", stream=True, messages=[{"role": "user", "content": "#chunks=100 #delay=40 spool"}])
+        got = 0
+        with pytest.raises(openai.APIError):
+            for chunk in stream:
+                got += 1
+                request_id = chunk.id.removeprefix("chatcmpl-")
+                if got == 3:
+                    private_redis.stop()
+        # The worker cannot publish any more, so it stops the upstream call instead of running it out.
+        assert local_mock.wait_for(lambda rs: any(r.disconnected and "spool" in str(r.body) for r in rs), timeout=5)
+        private_redis.start()
+        events = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not events:
+            try:
+                events = [e for e in gw.usage_events() if e["properties"]["request_id"] == request_id]
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.2)
+        assert len(events) == 1, gw.logs()
+        assert events[0]["properties"]["user_id"] == "user_spool"
+        assert events[0]["properties"]["tokens_out"] >= 1
+        time.sleep(1)
+        assert len([e for e in gw.usage_events() if e["properties"]["request_id"] == request_id]) == 1
+    finally:
+        gw.stop()

@@ -280,3 +280,40 @@ def test_tokens_from_usage_tolerates_non_object_details() -> None:
 @pytest.mark.parametrize(("chars", "tokens"), [(0, 0), (1, 1), (3, 1), (4, 1), (5, 2), (400, 100), (401, 101)])
 def test_estimate_tokens(chars: int, tokens: int) -> None:
     assert estimate_tokens(chars) == tokens
+
+
+def test_unreachable_redis_spools_and_replay_records_once(tmp_path) -> None:
+    spool = tmp_path / "usage-spool.jsonl"
+
+    async def spool_while_down() -> None:
+        down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+        recorder = UsageRecorder(down, Keys("utest-down:"), RETENTION_DAYS, spool)
+        assert await recorder.record(props(request_id="spooled-1"), attempts=1) is True
+        assert await recorder.record(props(request_id="spooled-2"), attempts=1) is True
+        await down.aclose()
+
+    asyncio.run(spool_while_down())
+    assert len(spool.read_bytes().splitlines()) == 2
+
+    async def replay(redis: Redis, keys: Keys) -> None:
+        recorder = UsageRecorder(redis, keys, RETENTION_DAYS, spool)
+        await recorder.record(props(request_id="spooled-1"))  # the original made it after all
+        assert await recorder.replay_spool() == 1
+        assert not spool.exists() or spool.stat().st_size == 0
+        entries = await redis.xrange(keys.usage_events)
+        ids = sorted(json.loads(fields["data"])["properties"]["request_id"] for _, fields in entries)
+        assert ids == ["spooled-1", "spooled-2"]  # counted once each
+        assert await recorder.replay_spool() == 0
+
+    with_redis(replay)
+
+
+def test_without_a_spool_an_unreachable_redis_raises() -> None:
+    async def run() -> None:
+        down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+        recorder = UsageRecorder(down, Keys("utest-down:"), RETENTION_DAYS)
+        with pytest.raises(RedisConnectionError):
+            await recorder.record(props(), attempts=1)
+        await down.aclose()
+
+    asyncio.run(run())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import struct
@@ -22,11 +23,11 @@ from redis.asyncio import Redis
 from shared.config import Settings
 from shared.errors import GatewayError, InternalError
 from shared.registry import Registry
-from shared.usage import Tokens, UsageProperties, UsageRecorder, cost_usd, estimate_tokens, tokens_from_usage
+from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, tokens_from_usage
 from shared.wire import Job, job_decoder
 
 from .providers import Provider
-from .publisher import ReplyPublisher
+from .publisher import ReplyLost, ReplyPublisher
 
 logger = logging.getLogger("reactor.worker")
 _encode = msgspec.json.encode
@@ -52,27 +53,10 @@ class Meter:
                 fn = call.get("function") or {}
                 self.out_chars += len(fn.get("arguments") or "") + len(fn.get("name") or "")
 
-    def prompt_chars(self) -> int:
-        messages = self._body.get("messages")
-        if messages is None:
-            inputs = self._body.get("input")
-            items = inputs if isinstance(inputs, list) else [inputs]
-            # A token array is already counted in tokens: four "characters" per token keeps the scale.
-            return sum(len(i) if isinstance(i, str) else 4 * (len(i) if isinstance(i, list) else 1) for i in items)
-        total = 0
-        for msg in messages:
-            content = msg.get("content")
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-            total += 12  # role and framing tokens, about three per message
-        return total
-
     def tokens(self) -> Tokens:
         if self.usage is not None:
             return self.usage
-        return Tokens(estimate_tokens(self.prompt_chars()), estimate_tokens(self.out_chars), estimated=True)
+        return Tokens(estimate_tokens(prompt_chars(self._body)), estimate_tokens(self.out_chars), estimated=True)
 
 
 def usage_object(tokens: Tokens) -> dict[str, Any]:
@@ -162,9 +146,14 @@ class JobRunner:
                 await self._stream(job, provider, body, meter, publisher)
             else:
                 await self._complete(job, provider, body, meter, publisher)
+        except ReplyLost as exc:
+            # The front door has already told the client; stop the upstream call and meter what it did.
+            status = "error"
+            logger.warning("job %s: replies cannot be published (%s); abandoning it", job.request_id, exc)
         except GatewayError as exc:
             status = "error"
-            await publisher.finish("error", error=exc)
+            with contextlib.suppress(ReplyLost):
+                await publisher.finish("error", error=exc)
         except asyncio.CancelledError:
             status = "cancelled"
             await publisher.abandon()
@@ -172,7 +161,8 @@ class JobRunner:
         except Exception:
             status = "error"
             logger.exception("job %s failed", job.request_id)
-            await publisher.finish("error", error=InternalError("The worker failed while serving this request."))
+            with contextlib.suppress(ReplyLost):
+                await publisher.finish("error", error=InternalError("The worker failed while serving this request."))
         finally:
             if meter.accepted:
                 # Shielded: a cancelled job must still meter what the upstream already produced.
@@ -209,6 +199,7 @@ class JobRunner:
             if not choices and not (tokens is not None and job.include_usage):
                 continue  # a usage chunk the client did not ask for, or an upstream's empty preamble
             meter.observe(choices)
+            publisher.out_chars = meter.out_chars
             chunk["id"], chunk["object"], chunk["created"], chunk["model"] = (
                 chunk_id, "chat.completion.chunk", created, model_id)
             if job.include_usage:
@@ -254,17 +245,9 @@ class JobRunner:
 
     async def _record(self, job: Job, model_id: str, provider: str, meter: Meter, started: float,
                       status: str) -> None:
-        tokens = meter.tokens()
-        model = self.registry.models.get(model_id)
-        cost = cost_usd(tokens, model.input_price_per_mtok, model.output_price_per_mtok,
-                        model.cached_input_price_per_mtok) if model else 0.0
-        props = UsageProperties(
-            model_id=model_id, user_id=job.user_id, tokens_in=tokens.tokens_in, tokens_out=tokens.tokens_out,
-            request_id=job.request_id, provider=provider, timestamp=time.time(),
-            latency_ms=round((time.time() - started) * 1000, 2), cost_usd=cost, status=status, alias=job.alias,
-            cached_tokens=tokens.cached_tokens, reasoning_tokens=tokens.reasoning_tokens,
-            estimated=tokens.estimated,
-        )
+        props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=model_id,
+                            provider=provider, tokens=meter.tokens(), model=self.registry.models.get(model_id),
+                            started=started, status=status)
         try:
             await self.usage.record(props)
         except Exception:

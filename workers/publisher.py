@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.errors import GatewayError, WireError
 from shared.wire import Reply, reply_encoder
+
+
+class ReplyLost(Exception):
+    """Publishing to the front door failed: nobody will see what this job produces."""
 
 
 class ReplyPublisher:
@@ -35,6 +40,9 @@ class ReplyPublisher:
         self._wake = asyncio.Event()
         self._sender: asyncio.Task | None = None
         self.frames_sent = 0
+        # What the client has been sent so far, in characters; the front door meters it should
+        # this worker die before it records the usage itself.
+        self.out_chars = 0
 
     def start(self, model_id: str) -> None:
         """Begin the reply with a ``start`` message and run the sender in the background."""
@@ -42,8 +50,19 @@ class ReplyPublisher:
         self._sender = asyncio.create_task(self._send_loop(model_id))
 
     def frame(self, payload: bytes) -> None:
+        """Queue one SSE payload for the next publish.
+
+        :raises ReplyLost: an earlier publish failed, so the job should stop (and its upstream call with it).
+        """
+        self._check()
         self._frames.append(payload)
         self._wake.set()
+
+    def _check(self) -> None:
+        if self._sender is not None and self._sender.done() and not self._sender.cancelled():
+            exc = self._sender.exception()
+            if exc is not None:
+                raise ReplyLost(str(exc)) from exc
 
     async def finish(self, kind: str, *, body: bytes | None = None, error: GatewayError | None = None) -> None:
         """Send what is buffered plus the final message, and wait until it is out.
@@ -55,7 +74,10 @@ class ReplyPublisher:
         )
         self._wake.set()
         if self._sender is not None:
-            await self._sender
+            try:
+                await self._sender
+            except (RedisError, OSError) as exc:
+                raise ReplyLost(str(exc)) from exc
 
     async def abandon(self) -> None:
         """Stop sending without a final message (the client has gone)."""
@@ -67,6 +89,7 @@ class ReplyPublisher:
                 pass
 
     async def _publish(self, reply: Reply) -> None:
+        reply.out_chars = self.out_chars
         reply.seq = self._seq
         self._seq += 1
         await self._redis.publish(self._channel, reply_encoder.encode(reply))

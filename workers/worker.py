@@ -29,7 +29,7 @@ from shared.errors import GatewayError
 from shared.keys import Keys
 from shared.queue import job_deserializer, job_serializer
 from shared.registry import Registry
-from shared.usage import UsageRecorder
+from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel
 
 from .jobs import JobRunner
@@ -121,8 +121,8 @@ class WorkerProcess:
         limits = httpx.Limits(max_connections=s.worker_concurrency * 2, max_keepalive_connections=256)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, http2=False) as http:
             providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
-            runner = JobRunner(s, self.registry, redis, providers,
-                               UsageRecorder(redis, self.keys, s.usage_retention_days))
+            usage = UsageRecorder(redis, self.keys, s.usage_retention_days, s.usage_spool)
+            runner = JobRunner(s, self.registry, redis, providers, usage)
             wakes = {n: asyncio.Event() for n in self.names}
             workers = [
                 WakeableWorker(
@@ -149,6 +149,7 @@ class WorkerProcess:
             await asyncio.wait_for(subscribed.wait(), 10)
             tasks += [asyncio.create_task(w.main(), name=f"worker:{n}") for w, n in zip(workers, self.names)]
             tasks.append(asyncio.create_task(self._heartbeat(redis), name="heartbeat"))
+            tasks.append(asyncio.create_task(replay_spool_forever(usage), name="usage-spool"))
             logger.info("worker %s serving %s", self.worker_id, ", ".join(self.keys.queue(n) for n in self.names))
             stopper = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
