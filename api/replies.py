@@ -13,12 +13,12 @@ import logging
 import msgspec
 from redis.asyncio import Redis
 
-from shared.errors import GatewayError, InternalError, NoWorker, UpstreamTimeout, WireError
+from shared.errors import GatewayError, InternalError, NoWorker, Unavailable, UpstreamTimeout, WireError
 from shared.wire import Reply, reply_decoder
 
 logger = logging.getLogger("reactor.api")
 
-_LOST = Reply("", -1, "error", error=WireError.of(InternalError("The connection to the worker fleet was lost.")))
+_LOST = Reply("", -1, "error", error=WireError.of(Unavailable("The connection to Redis was lost mid-request.")))
 
 
 class ReplyRouter:
