@@ -83,16 +83,25 @@ class LocalKey:
 class Verifier:
     """Checks tokens against a set of JWKs.
 
+    A client sends the same token with every request, and a signature check costs more than
+    the rest of the front door's work on a request; so verified tokens are remembered until
+    they expire.
+
     :param issuer: required ``iss`` when set.
     :param audience: required ``aud`` when set.
     """
+
+    CACHE_SIZE = 10_000
 
     def __init__(self, issuer: str | None = None, audience: str | None = None) -> None:
         self.issuer = issuer
         self.audience = audience
         self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     def _set_keys(self, jwks: dict[str, Any]) -> None:
+        # Keys changed: a token verified with a key that is gone must not stay trusted.
+        self._verified.clear()
         keys: dict[str | None, jwt.PyJWK] = {}
         for data in jwks.get("keys", ()):
             if data.get("use", "sig") != "sig":
@@ -108,6 +117,19 @@ class Verifier:
         return self._keys.get(kid) or (self._keys.get(None) if kid is None else None)
 
     async def verify(self, token: str) -> Identity:
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, expires = cached
+            if time.time() < expires:
+                return identity
+            del self._verified[token]
+        identity = await self._verify(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (identity, float(identity.claims["exp"]))
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

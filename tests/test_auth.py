@@ -400,6 +400,8 @@ def test_identity_outage_keeps_the_keys(
     jwks_server.jwks = {"keys": [rsa_jwk(rsa_key, "rsa-1")]}
     token = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
     unknown = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-2"})
+    # Another token for the same key: the first one would be answered from the verified-token cache.
+    another = jwt.encode({**fresh_claims(), "jti": "another"}, rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
 
     async def run() -> list[str]:
         async with httpx.AsyncClient() as http:
@@ -408,7 +410,7 @@ def test_identity_outage_keeps_the_keys(
             jwks_server.status = 500
             with pytest.raises(Unauthorized):
                 await verifier.verify(unknown)  # forces a refetch, which fails
-            return [(await verifier.verify(token)).user_id]
+            return [(await verifier.verify(another)).user_id]
 
     assert asyncio.run(run()) == ["user-1"]
     # After a failed fetch the next try waits JWKS_MIN_REFETCH_S (0 here), so the last verify retried too.
@@ -428,3 +430,20 @@ def test_rs256_key_with_hs256_header_is_rejected(jwks_server: JWKSServer, rsa_ke
     assert verify_jwks(jwks_server.url, confused, relabelled, rs512) == [
         "Token algorithm not accepted for its key."
     ] * 3
+
+
+def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    key = LocalKey.load_or_create(tmp_path)
+    verifier = LocalVerifier(key)
+    token = key.mint("user-cached", ttl_s=60)
+    calls = []
+    real = jwt.decode
+    monkeypatch.setattr(api.auth.jwt, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert asyncio.run(verifier.verify(token)).user_id == "user-cached"
+    assert asyncio.run(verifier.verify(token)).user_id == "user-cached"
+    assert len(calls) == 1
+    # Past its exp the cached entry is dropped and the token checked again (PyJWT reads its own clock).
+    now = time.time()
+    monkeypatch.setattr(api.auth.time, "time", lambda: now + 61)
+    asyncio.run(verifier.verify(token))
+    assert len(calls) == 2

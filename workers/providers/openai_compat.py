@@ -6,6 +6,8 @@ reading Server-Sent Events leniently, and mapping upstream errors into ours.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,9 @@ import msgspec
 from shared.errors import GatewayError, InvalidRequest, ProviderError, UpstreamTimeout, redact
 
 from .base import Provider
+
+# How long to wait for the end of a body after `[DONE]` before giving up on reusing its connection.
+DRAIN_TIMEOUT_S = 1.0
 
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.encode
@@ -49,13 +54,20 @@ class OpenAICompatProvider(Provider):
                 if response.status_code >= 400:
                     await response.aread()
                     raise self.error_from_response(response)
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     # SSE comments (": OPENROUTER PROCESSING") are keep-alives, and blank lines
                     # end events; neither carries data.
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()
                     if payload == "[DONE]":
+                        # Read the body to its end so the connection goes back to the pool;
+                        # left unread, httpx closes it and the next stream pays a new handshake.
+                        with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                                async for _ in lines:
+                                    pass
                         return
                     if not payload:
                         continue
