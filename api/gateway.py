@@ -17,7 +17,7 @@ from starlette.requests import Request
 from shared.config import Settings
 from shared.errors import GatewayError, PayloadTooLarge, Unavailable
 from shared.keys import Keys
-from shared.queue import enqueue
+from shared.queue import Enqueuer
 from shared.registry import Registry
 from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, replay_spool_forever
 from shared.wire import Cancel, Job
@@ -43,6 +43,7 @@ class Gateway:
         self.keys = Keys(settings.key_prefix)
         self.process_id = uuid.uuid4().hex[:12]
         self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id))
+        self.enqueuer = Enqueuer(redis, self.keys)
         self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
         self._background: set[asyncio.Task] = set()
         # Silence after which a worker counts as gone: a few missed pings.
@@ -97,7 +98,7 @@ class Gateway:
             raise Unavailable("The gateway is reconnecting to Redis; try again shortly.")
         stream = self.replies.open(job.request_id)
         try:
-            await enqueue(self.redis, self.keys, job, job.targets[0].provider, self.settings.queue_timeout)
+            await self.enqueuer.enqueue(job, job.targets[0].provider, self.settings.queue_timeout)
             await stream.next(self.settings.queue_timeout, waiting_for_worker=True)
         except RedisError:
             stream.close()

@@ -2,7 +2,7 @@
 """What our queue hop costs: enqueue → job start, measured against a real Redis.
 
 The producer (this process) builds a ``shared.wire.Job`` and hands it to
-``shared.queue.enqueue``, stamping ``Job.enqueued_at`` just before the call. A worker in a
+``shared.queue.Enqueuer`` (the front door's path), stamping ``Job.enqueued_at`` just before the call. A worker in a
 separate process (its own event loop, as in production) records ``time.time()`` the moment
 its job function starts and reports ``start - enqueued_at`` back on a Redis list.
 
@@ -16,7 +16,7 @@ Workers measured:
            0.5 s, max_jobs 10, no wake-up), for comparison.
 
 Cases: ``seq`` sends one job at a time (the next after the previous one started); ``burst``
-sends 50 at once (``asyncio.gather`` of 50 ``enqueue`` calls) and waits until all started.
+sends 50 at once (``asyncio.gather`` of 50 ``Enqueuer.enqueue`` calls) and waits until all started.
 Arrivals are spread over a random gap so they do not line up with a poll timer.
 
 Idle load: with the worker idle, Redis's ``total_commands_processed`` is read before and
@@ -48,7 +48,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.keys import Keys
-from shared.queue import enqueue, job_deserializer, job_serializer
+from shared.queue import Enqueuer, job_deserializer, job_serializer
 from shared.wire import Job, Target, job_decoder
 
 HERE = Path(__file__).resolve().parent
@@ -246,6 +246,7 @@ class Producer:
         self.keys = keys
         self.run_id = run_id
         self._n = 0
+        self.enqueuer = Enqueuer(redis, keys)
 
     def job(self) -> Job:
         self._n += 1
@@ -254,7 +255,7 @@ class Producer:
 
     async def send(self, job: Job) -> None:
         job.enqueued_at = time.time()
-        await enqueue(self.redis, self.keys, job, PROVIDER, JOB_EXPIRES_S)
+        await self.enqueuer.enqueue(job, PROVIDER, JOB_EXPIRES_S)
 
     async def collect(self, ids: set[str], timeout: float) -> tuple[list[tuple[float, float]], int]:
         """``(enqueued_at, started_at)`` of ``ids`` as they arrive; the rest count as lost after ``timeout``."""
