@@ -112,12 +112,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level]
     if args.config:
         worker_cmd += ["--config", args.config]
-    worker = subprocess.Popen(worker_cmd, env=env, preexec_fn=die_with_parent)
+    workers = [subprocess.Popen(worker_cmd, env=env, preexec_fn=die_with_parent) for _ in range(args.workers)]
     try:
         return cmd_api(args, settings)
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
             try:
                 worker.wait(15)
             except subprocess.TimeoutExpired:
@@ -138,6 +140,12 @@ def cmd_auth_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reactor", description="Reactor Gateway: an OpenAI-compatible LLM gateway.")
     parser.add_argument("--version", action="version", version=f"reactor {__version__}")
@@ -150,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway on one box: Redis (unless REDIS_URL), API and a worker")
     common(serve)
     serve.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="worker processes to run beside the API (default 1; one per spare core pays off)")
     serve.set_defaults(handler=cmd_serve)
 
     api = sub.add_parser("api", help="run the front door only (needs REDIS_URL)")

@@ -78,7 +78,7 @@ base_url = "{openrouter_mock.url}"
 """)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("REACTOR_", "REDIS_URL", "OPENROUTER_"))}
     env = {**base, "OPENROUTER_API_KEY": UPSTREAM_KEY, "REACTOR_AI_BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--workers", "2"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
 
@@ -86,7 +86,8 @@ base_url = "{openrouter_mock.url}"
         url = f"http://127.0.0.1:{port}/ai/v1"
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{url}/health", timeout=1)
+                if health.status_code == 200 and health.json()["workers"]["openrouter"] == 2:
                     break
             except httpx.HTTPError:
                 pass
