@@ -135,6 +135,11 @@ class WakeableWorker(Worker):
             if self._flusher is None or self._flusher.done():
                 self._flusher = self.loop.create_task(self._flush_ended())
 
+    async def settle(self) -> None:
+        """Wait until the ended jobs have been cleared from Redis (at shutdown)."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
     async def _flush_ended(self) -> None:
         """Remove ended jobs from Redis, all that ended since the last flush in one transaction."""
         await asyncio.sleep(0)  # let the jobs ending in this same loop turn join the batch
@@ -326,6 +331,7 @@ class WorkerProcess:
             for task in worker.tasks.values():
                 task.cancel()
         await asyncio.gather(*tasks, *(t for w in workers for t in w.tasks.values()), return_exceptions=True)
+        await asyncio.gather(*(w.settle() for w in workers))
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for n in self.names:
