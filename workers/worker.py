@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from shared.config import Settings
 from shared.errors import GatewayError
 from shared.keys import Keys
-from shared.queue import job_deserializer, job_serializer
+from shared.queue import JOB_FUNCTIONS, job_deserializer, job_serializer
 from shared.registry import Registry
 from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel
@@ -185,11 +185,8 @@ class WakeableWorker(Worker):
             self.wake.set()  # a slot is free again: look for jobs the full worker left queued
 
 
-async def _chat(ctx: dict, payload: bytes) -> None:
-    await ctx["runner"].run(payload)
-
-
-async def _embeddings(ctx: dict, payload: bytes) -> None:
+async def _run_job(ctx: dict, payload: bytes) -> None:
+    # One coroutine for every job kind: the payload says which, and the runner dispatches on it.
     await ctx["runner"].run(payload)
 
 
@@ -235,8 +232,8 @@ class WorkerProcess:
             workers = [
                 WakeableWorker(
                     functions=[
-                        func(_chat, name="chat", max_tries=1, timeout=s.request_timeout + 30),
-                        func(_embeddings, name="embeddings", max_tries=1, timeout=s.request_timeout + 30),
+                        func(_run_job, name=name, max_tries=1, timeout=s.request_timeout + 30)
+                        for name in JOB_FUNCTIONS.values()
                     ],
                     queue_name=self.keys.queue(n),
                     redis_pool=redis,
