@@ -53,8 +53,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         first = await replies.next(gateway.silence_timeout)
     except BaseException:
-        replies.close()
-        gateway.spawn(gateway.cancel(job.request_id))
+        gateway.abandon(replies)
         raise
     if first.kind == "error" and not first.frames:
         # Nothing was sent yet, so the failure can still be a proper HTTP status.
@@ -73,10 +72,9 @@ async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str
     try:
         reply = await replies.next(gateway.silence_timeout)
     except BaseException:
-        gateway.spawn(gateway.cancel(replies.request_id))
+        gateway.abandon(replies)
         raise
-    finally:
-        replies.close()
+    replies.close()
     if reply.kind == "result" and reply.body is not None:
         return Response(reply.body, media_type="application/json", headers=headers)
     if reply.kind == "error":
@@ -110,7 +108,8 @@ async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> Asy
                 yield _sse(exc.to_json())
                 return
     finally:
-        replies.close()
-        if not finished:
+        if finished:
+            replies.close()
+        else:
             # The client hung up, or the worker went silent: either way the upstream call must stop.
-            gateway.spawn(gateway.cancel(replies.request_id))
+            gateway.abandon(replies)

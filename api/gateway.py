@@ -104,10 +104,17 @@ class Gateway:
             stream.close()
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         except (GatewayError, asyncio.CancelledError):
-            stream.close()
-            self.spawn(self.cancel(job.request_id))
+            self.abandon(stream)
             raise
         return stream
+
+    def abandon(self, stream: ReplyStream) -> None:
+        """Stop waiting for a request's replies and tell the workers to drop it.
+
+        The cancel is sent detached, so it goes out even while the request itself is being torn down.
+        """
+        stream.close()
+        self.spawn(self.cancel(stream.request_id))
 
     async def meter_lost_worker(self, job: Job, out_chars: int, started: float) -> None:
         """Meter a stream whose worker died before metering it: what the client was sent, estimated.
