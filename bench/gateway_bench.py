@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,11 +45,16 @@ CLK = os.sysconf("SC_CLK_TCK")
 MODEL = "gpt-4o-mini"
 UPSTREAM_KEY = "sk-mock-upstream"
 
-CASES = {f"{kind}{c}": (kind == "s", c) for kind in ("ns", "s") for c in (1, 8, 16, 32, 64, 128)}
+def parse_case(case: str) -> tuple[bool, int] | None:
+    """``ns32`` → (False, 32), ``s1000`` → (True, 1000); None when it is neither."""
+    kind, digits = (case[:2], case[2:]) if case.startswith("ns") else (case[:1], case[1:])
+    if kind not in ("ns", "s") or not digits.isdigit() or int(digits) < 1:
+        return None
+    return kind == "s", int(digits)
 
 
 def case_name(case: str) -> str:
-    stream, conc = CASES[case]
+    stream, conc = parse_case(case)
     return f"{'stream' if stream else 'non-stream'} c={conc}"
 
 
@@ -228,12 +234,14 @@ def reactor_exe() -> str:
     return found
 
 
-def write_config(run_dir: Path, prefix: str, mock_url: str) -> Path:
+def write_config(run_dir: Path, prefix: str, mock_url: str, settings: list[str] = ()) -> Path:
+    """A fresh ``reactor.toml``; ``settings`` are extra ``key = value`` lines for ``[gateway]``."""
     path = run_dir / "reactor.toml"
     path.write_text(
         "[gateway]\n"
         f'data_dir = "{run_dir / "data"}"\n'
         f'key_prefix = "{prefix}"\n'
+        + "".join(f"{line}\n" for line in settings) +
         "[gateway.providers.openrouter]\n"
         f'base_url = "{mock_url}"\n'
     )
@@ -261,10 +269,55 @@ def mint_token(reactor: str, config: Path, env: dict[str, str]) -> str:
 # Load
 
 
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total / 1024
+
+
+class RssSampler(threading.Thread):
+    """The largest summed RSS of some processes, sampled every half second until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.peak, self.start_mb = pids, 0.0, rss_mb(pids)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.5):
+            self.peak = max(self.peak, rss_mb(self.pids))
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join(2)
+        return self.peak
+
+
+def profile_children(a: argparse.Namespace, watch: dict[str, list[int]], label: str) -> list[subprocess.Popen]:
+    """py-spy on every gateway process for the measured part of a case (after the warmup)."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(a.out_dir) / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for part in ("api", "worker"):
+        for pid in watch.get(part, []):
+            path = out / f"{label.replace('/', '-')}-{part}-{pid}.txt"
+            procs.append(subprocess.Popen(
+                [pyspy, "record", "--pid", str(pid), "--duration", str(int(a.duration)), "--format", "raw",
+                 "--rate", "200", "--nonblocking", "--output", str(path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    return procs
+
+
 def run_load(a: argparse.Namespace, url: str, token: str | None, case: str, watch: dict[str, list[int]],
              label: str) -> dict:
     """One loadgen run, with the CPU each watched group (by pids) used meanwhile."""
-    stream, conc = CASES[case]
+    stream, conc = parse_case(case)
     cmd = [a.python, str(SHARED_BENCH / "loadgen.py"), "--url", url, "--model", MODEL, "--concurrency", str(conc),
            "--duration", str(a.duration), "--warmup", str(a.warmup), "--timeout", str(a.request_timeout),
            "--label", label]
@@ -272,16 +325,33 @@ def run_load(a: argparse.Namespace, url: str, token: str | None, case: str, watc
         cmd += ["--token", token]
     if stream:
         cmd.append("--stream")
+    gw_pids = watch.get("api", []) + watch.get("worker", [])
+    sampler = RssSampler(gw_pids)
+    sampler.start()
     cpu0 = {k: cpu_s(v) for k, v in watch.items()}
     sys0 = system_busy_s()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
+    loadgen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spies = []
+    if a.profile and gw_pids:
+        time.sleep(a.warmup + 0.5)
+        spies = profile_children(a, watch, label)
     try:
-        cp = subprocess.run(cmd, capture_output=True, text=True,
-                            timeout=a.duration + a.warmup + a.request_timeout + 30)
+        stdout, stderr = loadgen.communicate(timeout=a.duration + a.warmup + a.request_timeout + 30)
     except subprocess.TimeoutExpired:
+        loadgen.kill()
+        sampler.stop()
         return {"error": "loadgen timed out"}
+    finally:
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    cp = subprocess.CompletedProcess(cmd, loadgen.returncode, stdout, stderr)
     wall = time.monotonic() - t0
+    peak = sampler.stop()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1 = {k: cpu_s(v) for k, v in watch.items()}
     sys1 = system_busy_s()
@@ -295,6 +365,8 @@ def run_load(a: argparse.Namespace, url: str, token: str | None, case: str, watc
     res["cpu_cores"] = {k: round(v / wall, 2) for k, v in used.items()}
     res["cpu_cores"]["other"] = round(max(0.0, sys1 - sys0 - sum(used.values())) / wall, 2)
     res["loadavg_after"] = loadavg()
+    if gw_pids:
+        res["gateway_rss_mb"] = {"before": round(sampler.start_mb, 1), "peak": round(peak, 1)}
     return res
 
 
@@ -322,7 +394,8 @@ CPU_PARTS = ("api", "worker", "mock", "loadgen", "redis", "other")
 def table(results: list[dict]) -> str:
     direct = {r["case"]: r["res"] for r in results if r["target"] == "mock"}
     hdr = ["target", "case", "rps", "p50 ms", "p99 ms", "TTFT p50", "TTFT p99", "err", "rps % of mock",
-           "+p50 ms", "+p99 ms", "+TTFT p50", "+TTFT p99", "gw CPU ms/req", "CPU cores " + "/".join(CPU_PARTS)]
+           "+p50 ms", "+p99 ms", "+TTFT p50", "+TTFT p99", "gw CPU ms/req", "gw CPU µs/event", "gw peak RSS MB",
+           "CPU cores " + "/".join(CPU_PARTS)]
     out = ["| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|"]
     for r in results:
         res, d, gw = r["res"], direct.get(r["case"], {}), r["target"] != "mock"
@@ -340,6 +413,9 @@ def table(results: list[dict]) -> str:
             delta(g(res, "ttft_ms", "p50"), g(d, "ttft_ms", "p50")) if gw else "-",
             delta(g(res, "ttft_ms", "p99"), g(d, "ttft_ms", "p99")) if gw else "-",
             fmt(gw_cores * 1000.0 / rps) if gw and rps else "-",
+            fmt(gw_cores * 1e6 / (rps * g(res, "chunks", "mean")), 0)
+            if gw and rps and g(res, "chunks", "mean") else "-",
+            fmt(g(res, "gateway_rss_mb", "peak"), 0),
             "/".join(fmt(cpu.get(k)) for k in CPU_PARTS),
         ]) + " |")
     return "\n".join(out)
@@ -375,7 +451,7 @@ def run_direct_and_gateway(a: argparse.Namespace, run_dir: Path, prefix: str, st
     wait_http(f"{mock_url}/models", 20, procs=(mock,))
 
     port = free_port()
-    config = write_config(run_dir, prefix, mock_url)
+    config = write_config(run_dir, prefix, mock_url, a.set)
     env = gateway_env(a.redis_url, port)
     token = mint_token(reactor, config, env)
     common = ["--config", str(config), "--log-level", a.log_level]
@@ -490,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per case")
     p.add_argument("--warmup", type=float, default=1.5, help="unrecorded seconds per case, same concurrency")
     p.add_argument("--cases", default="ns1,ns32,s1,s32",
-                   help="ns/s = non-stream/stream + concurrency (1, 8, 16, 32, 64, 128)")
+                   help="ns/s = non-stream/stream + concurrency (ns32, s500, s1000)")
     p.add_argument("--chunks", type=int, default=20, help="content chunks per mock stream")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0)
     p.add_argument("--python", default=None,
@@ -507,14 +583,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--litellm", default="prod:1", help='--peer: LiteLLM profile:workers list ("" skips it)')
     p.add_argument("--only", default="", help="--peer: target names to run (passed through)")
     p.add_argument("--gateway-name", default="reactor", help="--peer: row label")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [gateway] setting for the gateway under test, as a TOML line "
+                        "(e.g. --set 'worker_concurrency = 2000'); repeatable")
+    p.add_argument("--profile", action="store_true",
+                   help="record each gateway process with py-spy during each case; the top frames go "
+                        "next to the results")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     a = p.parse_args(argv)
     a.python_explicit = bool(a.python or env("BENCH_PYTHON"))
     a.python = a.python or env("BENCH_PYTHON") or sys.executable
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     for c in a.cases:
-        if c not in CASES:
-            p.error(f"unknown case {c!r} (known: {', '.join(sorted(CASES))})")
+        if parse_case(c) is None:
+            p.error(f"unknown case {c!r} (ns or s, then a concurrency: ns32, s1000)")
     if a.workers < 1:
         p.error("--workers must be at least 1")
     if not (SHARED_BENCH / "loadgen.py").exists():

@@ -326,7 +326,7 @@ def test_stream_with_include_usage(openai_mock: MockUpstream) -> None:
 def test_chunks_zero(openai_mock: MockUpstream) -> None:
     _, lines = stream_lines(openai_mock, chat("#chunks=0"))
     assert contents(data_events(lines)[1:-1]) == []
-    assert openai_mock.received[-1].completed
+    assert openai_mock.wait_for(lambda r: r[-1].completed, timeout=2)
 
 
 def test_delay_stream_and_non_stream(openai_mock: MockUpstream) -> None:
@@ -623,7 +623,7 @@ def test_sdk_stream_with_usage(mock: MockUpstream) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 1
     assert all(c.usage is None for c in chunks[:-1])
-    assert mock.received[-1].completed
+    assert mock.wait_for(lambda r: r[-1].completed, timeout=2)  # the mock notes it after the last write
 
 
 def test_sdk_tool_stream_reassembled(mock: MockUpstream) -> None:

@@ -18,7 +18,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 import msgspec
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
@@ -37,6 +36,7 @@ from shared.wire import Cancel
 
 from .jobs import JobRunner
 from .providers import build_provider
+from .providers.http import Timeouts, UpstreamHTTP
 
 logger = logging.getLogger("reactor.worker")
 _cancel_decoder = msgspec.msgpack.Decoder(Cancel)
@@ -221,10 +221,7 @@ class WorkerProcess:
 
     async def run(self, redis: ArqRedis) -> None:
         s = self.settings
-        timeout = httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
-                                pool=s.connect_timeout)
-        limits = httpx.Limits(max_connections=s.worker_concurrency * 2, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, http2=False) as http:
+        async with UpstreamHTTP(Timeouts(connect=s.connect_timeout, read=s.read_timeout)) as http:
             providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
             usage = UsageRecorder(redis, self.keys, s.usage_retention_days, s.usage_spool)
             runner = JobRunner(s, self.registry, redis, providers, usage)

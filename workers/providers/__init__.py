@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
-
 from shared.config import ProviderSettings
 
 from .base import Provider
+from .http import UpstreamHTTP
 from .openai_compat import OpenAICompatProvider
 from .openrouter import OpenRouterProvider
 
@@ -16,8 +15,8 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
 }
 
 
-def build_provider(settings: ProviderSettings, http: httpx.AsyncClient, secrets: tuple[str, ...]) -> Provider:
+def build_provider(settings: ProviderSettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> Provider:
     return PROVIDER_CLASSES[settings.kind](settings, http, secrets)
 
 
-__all__ = ["Provider", "build_provider", "PROVIDER_CLASSES"]
+__all__ = ["Provider", "UpstreamHTTP", "build_provider", "PROVIDER_CLASSES"]

@@ -9,12 +9,15 @@ get OpenAI response objects (or chunk objects) back, and upstream failures come 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import httpx
 
 from shared.config import ProviderSettings
+
+from .http import UpstreamHTTP, map_upstream_errors
 
 
 class Provider(abc.ABC):
@@ -27,11 +30,18 @@ class Provider(abc.ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, settings: ProviderSettings, http: httpx.AsyncClient, secrets: tuple[str, ...]) -> None:
+    def __init__(self, settings: ProviderSettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> None:
         self.settings = settings
         self.name = settings.name
         self.http = http
         self.secrets = secrets
+        self.auth: httpx.Auth | None = None
+
+    @contextlib.contextmanager
+    def upstream_errors(self) -> Iterator[None]:
+        """The one place a provider's transport failures become gateway errors: wrap every call in it."""
+        with map_upstream_errors(self.name):
+            yield
 
     @abc.abstractmethod
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:

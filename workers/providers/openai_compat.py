@@ -6,20 +6,17 @@ reading Server-Sent Events leniently, and mapping upstream errors into ours.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 
+from shared.config import ProviderSettings
 from shared.errors import GatewayError, InvalidRequest, ProviderError, UpstreamTimeout, redact
 
 from .base import Provider
-
-# How long to wait for the end of a body after `[DONE]` before giving up on reusing its connection.
-DRAIN_TIMEOUT_S = 1.0
+from .http import BearerAuth, UpstreamHTTP, UpstreamResponse
+from .sse import iter_events
 
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.encode
@@ -28,11 +25,13 @@ _encode = msgspec.json.encode
 class OpenAICompatProvider(Provider):
     kind = "openai"
 
+    def __init__(self, settings: ProviderSettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> None:
+        super().__init__(settings, http, secrets)
+        self.auth = BearerAuth(settings.api_key) if settings.api_key else None
+        self._headers = self.headers()
+
     def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.headers}
-        if self.settings.api_key:
-            headers["Authorization"] = f"Bearer {self.settings.api_key}"
-        return headers
+        return {"Content-Type": "application/json", **self.settings.headers}
 
     def url(self, path: str) -> str:
         return f"{self.settings.base_url}/{path}"
@@ -48,26 +47,16 @@ class OpenAICompatProvider(Provider):
         return data
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        try:
+        with self.upstream_errors():
             async with self.http.stream("POST", self.url("chat/completions"), content=_encode(body),
-                                        headers=self.headers()) as response:
+                                        headers=self._headers, auth=self.auth) as response:
                 if response.status_code >= 400:
-                    await response.aread()
-                    raise self.error_from_response(response)
-                lines = response.aiter_lines()
-                async for line in lines:
-                    # SSE comments (": OPENROUTER PROCESSING") are keep-alives, and blank lines
-                    # end events; neither carries data.
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        # Read the body to its end so the connection goes back to the pool;
-                        # left unread, httpx closes it and the next stream pays a new handshake.
-                        with contextlib.suppress(TimeoutError, httpx.HTTPError):
-                            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                                async for _ in lines:
-                                    pass
+                    raise self.error_from_response(response, await response.aread())
+                async for event in iter_events(response.aiter_lines()):
+                    payload = event.data.strip()
+                    if payload == b"[DONE]":
+                        # Read the body to its end so the connection goes back to the pool.
+                        await response.drain()
                         return
                     if not payload:
                         continue
@@ -79,10 +68,6 @@ class OpenAICompatProvider(Provider):
                         raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
                     self.check_chunk(chunk)
                     yield self.normalize_chunk(chunk)
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream {self.name} timed out.") from None
-        except httpx.TransportError as exc:
-            raise ProviderError(f"Upstream {self.name} connection failed: {type(exc).__name__}") from None
 
     # -- the upstream's quirks, overridden per provider ------------------------------------
 
@@ -110,27 +95,24 @@ class OpenAICompatProvider(Provider):
     # -- errors ------------------------------------------------------------------------------
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
-        try:
-            response = await self.http.post(self.url(path), content=_encode(body), headers=self.headers())
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"Upstream {self.name} timed out.") from None
-        except httpx.TransportError as exc:
-            raise ProviderError(f"Upstream {self.name} connection failed: {type(exc).__name__}") from None
+        with self.upstream_errors():
+            response, content = await self.http.request("POST", self.url(path), content=_encode(body),
+                                                        headers=self._headers, auth=self.auth)
         if response.status_code >= 400:
-            raise self.error_from_response(response)
+            raise self.error_from_response(response, content)
         try:
-            return _json.decode(response.content)
+            return _json.decode(content)
         except msgspec.DecodeError:
             raise ProviderError(f"Upstream {self.name} answered {response.status_code} with a body that is not JSON.") from None
 
-    def error_from_response(self, response: httpx.Response) -> GatewayError:
+    def error_from_response(self, response: UpstreamResponse, content: bytes) -> GatewayError:
         try:
-            payload = _json.decode(response.content)
+            payload = _json.decode(content)
         except msgspec.DecodeError:
             payload = None
         error = payload.get("error") if isinstance(payload, dict) else None
         if error is None:
-            error = payload if isinstance(payload, dict) else {"message": response.text[:500]}
+            error = payload if isinstance(payload, dict) else {"message": content[:500].decode("utf-8", "replace")}
         exc = self.error_from_payload(response.status_code, error)
         retry_after = response.headers.get("retry-after")
         if retry_after and exc.status == 429:

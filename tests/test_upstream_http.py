@@ -1,0 +1,168 @@
+"""The workers' upstream client: requests signed by httpx.Auth, sent by aiohttp, failures mapped once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+
+import httpx
+import pytest
+
+from shared.errors import GatewayError, ProviderError, UpstreamTimeout
+from workers.providers import http as upstream_http
+from workers.providers.http import BearerAuth, Timeouts, UpstreamHTTP, map_upstream_errors
+from workers.providers.sse import iter_events
+
+from .mock_upstream import MockUpstream
+
+KEY = "sk-upstream-http-test"
+
+
+@pytest.fixture(scope="module")
+def mock():
+    with MockUpstream(api_key=KEY, flavour="openai") as m:
+        yield m
+
+
+def chat(text: str, stream: bool = False) -> bytes:
+    return json.dumps({"model": "m", "stream": stream, "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class BodyDigestAuth(httpx.Auth):
+    """A signing scheme in the way SigV4 is one: a header computed from the final method, URL and body."""
+
+    def auth_flow(self, request: httpx.Request):
+        digest = hashlib.sha256(request.method.encode() + str(request.url).encode() + request.content).hexdigest()
+        request.headers["X-Body-Digest"] = digest
+        request.headers["Authorization"] = f"Bearer {KEY}"
+        yield request
+
+
+def test_bearer_auth_and_the_request_as_built(mock: MockUpstream) -> None:
+    body = chat("hi")
+
+    async def go():
+        async with UpstreamHTTP() as http:
+            return await http.request("POST", f"{mock.url}/chat/completions", content=body,
+                                      headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY))
+
+    response, content = run(go())
+    assert response.status_code == 200, content
+    assert json.loads(content)["choices"][0]["message"]["content"] == "Hello from mock: hi"
+    seen = mock.received[-1].headers
+    assert seen["authorization"] == f"Bearer {KEY}"
+    assert seen["content-length"] == str(len(body))
+    assert seen["content-type"] == "application/json"
+    assert seen["host"] == mock.url.split("//")[1].split("/")[0]
+
+
+def test_wrong_key_is_the_upstreams_401(mock: MockUpstream) -> None:
+    async def go():
+        async with UpstreamHTTP() as http:
+            return await http.request("POST", f"{mock.url}/chat/completions", content=chat("hi"),
+                                      headers={"Content-Type": "application/json"}, auth=BearerAuth("sk-wrong"))
+
+    response, _ = run(go())
+    assert response.status_code == 401
+
+
+def test_a_signing_auth_sees_the_final_request(mock: MockUpstream) -> None:
+    body = chat("signed")
+    url = f"{mock.url}/chat/completions"
+
+    async def go():
+        async with UpstreamHTTP() as http:
+            return await http.request("POST", url, content=body, headers={"Content-Type": "application/json"},
+                                      auth=BodyDigestAuth())
+
+    response, _ = run(go())
+    assert response.status_code == 200
+    expected = hashlib.sha256(b"POST" + url.encode() + body).hexdigest()
+    assert mock.received[-1].headers["x-body-digest"] == expected
+
+
+def test_stream_lines_and_events(mock: MockUpstream) -> None:
+    async def go():
+        async with UpstreamHTTP() as http:
+            async with http.stream("POST", f"{mock.url}/chat/completions", content=chat("a b #chunks=3", True),
+                                   headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as response:
+                return [e.data async for e in iter_events(response.aiter_lines())]
+
+    data = run(go())
+    assert data[-1] == b"[DONE]"
+    assert len(data) >= 4 and all(json.loads(d)["object"] == "chat.completion.chunk" for d in data[:-1])
+
+
+def test_leaving_a_stream_early_hangs_up_on_the_upstream(mock: MockUpstream) -> None:
+    async def go():
+        async with UpstreamHTTP() as http:
+            async with http.stream("POST", f"{mock.url}/chat/completions",
+                                   content=chat("#chunks=50 #delay=100", True),
+                                   headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith(b"data:"):
+                        break
+
+    run(go())
+    assert mock.wait_for(lambda r: r[-1].disconnected, timeout=3)
+    assert not mock.received[-1].completed
+
+
+def test_read_timeout_is_an_upstream_timeout(mock: MockUpstream) -> None:
+    async def go():
+        async with UpstreamHTTP(Timeouts(connect=2, read=0.2)) as http:
+            with map_upstream_errors("mock"):
+                await http.request("POST", f"{mock.url}/chat/completions", content=chat("#delay=3000"),
+                                   headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY))
+
+    with pytest.raises(UpstreamTimeout, match="Upstream mock timed out"):
+        run(go())
+
+
+def test_refused_connection_is_a_provider_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again at once: nobody listens there
+
+    async def go():
+        async with UpstreamHTTP(Timeouts(connect=2, read=2)) as http:
+            with map_upstream_errors("mock"):
+                await http.request("GET", f"http://127.0.0.1:{port}/v1/models")
+
+    with pytest.raises(ProviderError, match="Upstream mock connection failed"):
+        run(go())
+
+
+def test_a_line_longer_than_the_limit_is_a_provider_error(mock: MockUpstream, monkeypatch) -> None:
+    monkeypatch.setattr(upstream_http, "MAX_LINE_BYTES", 64)
+
+    async def go():
+        async with UpstreamHTTP() as http:
+            with map_upstream_errors("mock"):
+                async with http.stream("POST", f"{mock.url}/chat/completions", content=chat("x " * 100, True),
+                                       headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as r:
+                    async for _ in r.aiter_lines():
+                        pass
+
+    with pytest.raises(ProviderError):
+        run(go())
+
+
+def test_gateway_errors_and_cancellation_pass_through_the_mapping() -> None:
+    with pytest.raises(UpstreamTimeout, match="mine"):
+        with map_upstream_errors("x"):
+            raise UpstreamTimeout("mine")
+
+    async def cancelled():
+        with map_upstream_errors("x"):
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        run(cancelled())
+    assert issubclass(UpstreamTimeout, GatewayError)
