@@ -51,7 +51,7 @@ async def chat_completions(request: Request) -> Response:
     if not stream:
         return await _single(gateway, replies, headers)
     try:
-        first = await replies.next(gateway.silence_timeout)
+        first = await replies.next()
     except BaseException:
         gateway.abandon(replies)
         raise
@@ -70,7 +70,7 @@ async def embeddings(request: Request) -> Response:
 
 async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str]) -> Response:
     try:
-        reply = await replies.next(gateway.silence_timeout)
+        reply = await replies.next()
     except BaseException:
         gateway.abandon(replies)
         raise
@@ -99,7 +99,7 @@ async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> Asy
             if out:
                 yield out
             try:
-                reply = await replies.next(gateway.silence_timeout)
+                reply = await replies.next()
             except GatewayError as exc:
                 # The worker went silent or its messages were lost: it may be dead with the
                 # usage unrecorded, so meter what reached the client.

@@ -42,12 +42,15 @@ class Gateway:
         self.verifier = verifier
         self.keys = Keys(settings.key_prefix)
         self.process_id = uuid.uuid4().hex[:12]
-        self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id))
+        # Silence after which a worker counts as gone: a few missed heartbeats. Past the deadline
+        # even a live worker's request ends (the worker's own request_timeout should end it first).
+        silence = settings.heartbeat_interval * 3 + 1.0
+        self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id),
+                                   heartbeat=settings.heartbeat_interval, silence_timeout=silence,
+                                   deadline=settings.queue_timeout + settings.request_timeout + 2 * silence)
         self.enqueuer = Enqueuer(redis, self.keys)
         self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
         self._background: set[asyncio.Task] = set()
-        # Silence after which a worker counts as gone: a few missed pings.
-        self.silence_timeout = settings.heartbeat_interval * 3 + 1.0
 
     async def start(self) -> None:
         await self.replies.start()
@@ -96,10 +99,10 @@ class Gateway:
         """
         if not self.replies.ready:
             raise Unavailable("The gateway is reconnecting to Redis; try again shortly.")
-        stream = self.replies.open(job.request_id)
+        stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout)
         try:
             await self.enqueuer.enqueue(job, job.targets[0].provider, self.settings.queue_timeout)
-            await stream.next(self.settings.queue_timeout, waiting_for_worker=True)
+            await stream.next()
         except RedisError:
             stream.close()
             raise Unavailable("The job queue (Redis) is unreachable.") from None

@@ -1,8 +1,15 @@
 """Receiving workers' replies: one pub/sub connection per front-door process.
 
 The process subscribes to its own reply channel once, at start-up, before it accepts a
-request, so no token can be published before someone listens. Each message names its
-request; the router hands it to that request's queue.
+request, so no token can be published before someone listens. Each message is a batch from
+one worker naming each reply's request; the router hands each to that request's queue.
+
+Liveness is tracked per worker, not per request: any message from a worker (a batch of
+anyone's tokens, or the empty batch it sends every heartbeat interval) counts as life for
+every request it serves. One watchdog pass per heartbeat interval ends the requests of a
+worker silent for longer than the silence timeout, so waiting for the next token costs no
+timer per message, and a busy worker with thousands of slow streams is never taken for dead.
+A slow upstream is not the front door's business: the worker's read timeout ends it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.errors import GatewayError, InternalError, NoWorker, Unavailable, UpstreamTimeout, WireError
-from shared.wire import Reply, reply_decoder
+from shared.wire import Reply, batch_decoder
 
 logger = logging.getLogger("reactor.api")
 
@@ -26,38 +33,56 @@ class ReplyRouter:
 
     :param redis: a pool; the router takes one connection from it for good.
     :param channel: this process's reply channel.
+    :param heartbeat: how often workers prove they are alive, and how often the watchdog looks.
+    :param silence_timeout: a worker silent this long is taken for dead, and its requests end.
+    :param deadline: no request waits for replies longer than this in all, whatever happens.
     """
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: Redis, channel: str, heartbeat: float = 2.0, silence_timeout: float = 7.0,
+                 deadline: float = 3600.0) -> None:
         self.redis = redis
         self.channel = channel
-        self._waiting: dict[str, asyncio.Queue[Reply]] = {}
-        self._task: asyncio.Task | None = None
+        self.heartbeat = heartbeat
+        self.silence_timeout = silence_timeout
+        self.deadline = deadline
+        self._waiting: dict[str, ReplyStream] = {}
+        self._seen: dict[str, float] = {}
+        self._tasks: list[asyncio.Task] = []
         self._ready = asyncio.Event()
 
     async def start(self, timeout: float = 10.0) -> None:
-        self._task = asyncio.create_task(self._run(), name="reply-router")
+        self._tasks = [asyncio.create_task(self._run(), name="reply-router"),
+                       asyncio.create_task(self._watch(), name="reply-watchdog")]
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def open(self, request_id: str) -> "ReplyStream":
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
-        self._waiting[request_id] = queue
-        return ReplyStream(self, request_id, queue)
+    @property
+    def open_requests(self) -> int:
+        return len(self._waiting)
+
+    def open(self, request_id: str, start_timeout: float) -> "ReplyStream":
+        """Listen for ``request_id``'s replies; without a first one within ``start_timeout``, it fails with 503."""
+        stream = ReplyStream(self, request_id)
+        stream._timer = asyncio.get_running_loop().call_later(start_timeout, stream._no_worker)
+        self._waiting[request_id] = stream
+        return stream
 
     def close(self, request_id: str) -> None:
-        self._waiting.pop(request_id, None)
+        stream = self._waiting.pop(request_id, None)
+        if stream is not None and stream._timer is not None:
+            stream._timer.cancel()
 
     async def _run(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = self.redis.pubsub()
             try:
@@ -72,13 +97,15 @@ class ReplyRouter:
                     if msg is None or msg["type"] != "message":
                         continue
                     try:
-                        reply = reply_decoder.decode(msg["data"])
+                        batch = batch_decoder.decode(msg["data"])
                     except msgspec.DecodeError:
                         logger.warning("dropped a malformed reply message")
                         continue
-                    queue = self._waiting.get(reply.request_id)
-                    if queue is not None:
-                        queue.put_nowait(reply)
+                    self._seen[batch.worker_id] = loop.time()
+                    for reply in batch.replies:
+                        stream = self._waiting.get(reply.request_id)
+                        if stream is not None:
+                            stream._deliver(reply, batch.worker_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -86,8 +113,8 @@ class ReplyRouter:
                 # flight is ended with an error rather than left waiting for a gap it cannot see.
                 self._ready.clear()
                 logger.warning("reply channel lost (%r); resubscribing", exc)
-                for queue in self._waiting.values():
-                    queue.put_nowait(_LOST)
+                for stream in list(self._waiting.values()):
+                    stream._queue.put_nowait(_LOST)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -96,41 +123,70 @@ class ReplyRouter:
                 except Exception:
                     pass
 
+    async def _watch(self) -> None:
+        """End the requests of workers that went silent, and any request past the overall deadline."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            now = loop.time()
+            for stream in list(self._waiting.values()):
+                if stream.worker_id is not None and now - self._seen.get(stream.worker_id, 0.0) > self.silence_timeout:
+                    stream._fail(UpstreamTimeout("The worker serving this request went silent."))
+                elif now - stream.opened > self.deadline:
+                    stream._fail(UpstreamTimeout("The request took longer than the gateway allows."))
+            # Forget workers nobody waits on any more.
+            serving = {s.worker_id for s in self._waiting.values()}
+            for worker_id in [w for w, t in self._seen.items() if w not in serving and now - t > 60]:
+                del self._seen[worker_id]
+
 
 class ReplyStream:
-    """The replies of one request, checked for order and silence."""
+    """The replies of one request, checked for order."""
 
-    def __init__(self, router: ReplyRouter, request_id: str, queue: asyncio.Queue[Reply]) -> None:
+    def __init__(self, router: ReplyRouter, request_id: str) -> None:
         self._router = router
         self.request_id = request_id
-        self._queue = queue
+        self._queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._next_seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._failed = False
+        self.worker_id: str | None = None
+        self.opened = asyncio.get_running_loop().time()
 
-    async def next(self, timeout: float, *, waiting_for_worker: bool = False) -> Reply:
-        """The next reply other than a ping.
+    async def next(self) -> Reply:
+        """The next reply.
 
-        :param timeout: seconds of silence allowed; workers ping while they wait on an upstream.
-        :param waiting_for_worker: silence means no worker took the job (503), not a stall (504).
-        :raises GatewayError: on silence, a gap in the sequence, or an error reply.
+        :raises GatewayError: no worker took the request in time, its worker went silent, a reply
+            was lost (a gap in the sequence), or the router lost Redis.
         """
-        while True:
-            try:
-                reply = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                if waiting_for_worker:
-                    raise NoWorker("No worker took the request in time; try again shortly.") from None
-                raise UpstreamTimeout("The worker serving this request went silent.") from None
-            if reply.seq == -1:
-                raise reply.error.to_exception()
-            if reply.seq != self._next_seq:
-                raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
-            self._next_seq += 1
-            if reply.kind == "ping":
-                continue
-            return reply
+        reply = await self._queue.get()
+        if reply.seq == -1:
+            raise reply.error.to_exception()
+        if reply.seq != self._next_seq:
+            raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
+        self._next_seq += 1
+        return reply
 
     def close(self) -> None:
         self._router.close(self.request_id)
+
+    def _deliver(self, reply: Reply, worker_id: str) -> None:
+        if self.worker_id is None:
+            self.worker_id = worker_id
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._queue.put_nowait(reply)
+
+    def _fail(self, exc: GatewayError) -> None:
+        if not self._failed:
+            self._failed = True
+            self._queue.put_nowait(Reply(self.request_id, -1, "error", error=WireError.of(exc)))
+
+    def _no_worker(self) -> None:
+        self._timer = None
+        if self.worker_id is None:
+            self._fail(NoWorker("No worker took the request in time; try again shortly."))
 
 
 def reply_error(reply: Reply) -> GatewayError:

@@ -236,11 +236,11 @@ class Job(Struct, array_like=True):
 
 
 # -------------------------------------------------------------------------------------------
-# Replies: what a worker publishes back, one message per publish, always naming its request
+# Replies: what a worker publishes back, batched per front-door process, each naming its request
 
 
 class Reply(Struct, array_like=True):
-    """One pub/sub message to a front-door process.
+    """One reply message of one request.
 
     ``seq`` counts messages per request from 0 so the front door can tell a lost message from
     a late one. ``frames`` are ready-made SSE ``data:`` payloads coalesced while a publish was
@@ -249,12 +249,20 @@ class Reply(Struct, array_like=True):
 
     request_id: str
     seq: int
-    kind: Literal["start", "data", "ping", "result", "done", "error"]
+    kind: Literal["start", "data", "result", "done", "error"]
     frames: list[bytes] = []
     body: bytes | None = None          # "result": the full JSON response
     error: WireError | None = None     # "error": what went wrong
     model_id: str | None = None        # "start": the model that is serving
     out_chars: int = 0                 # characters of output sent so far, for metering a lost worker
+
+
+class ReplyBatch(Struct, array_like=True):
+    """One pub/sub message from a worker process to a front-door process: replies of any of the
+    worker's requests on that front door, in order. Empty, it says only that the worker is alive."""
+
+    worker_id: str
+    replies: list[Reply] = []
 
 
 class Cancel(Struct, array_like=True):
@@ -263,4 +271,5 @@ class Cancel(Struct, array_like=True):
 
 reply_encoder = msgspec.msgpack.Encoder()
 reply_decoder = msgspec.msgpack.Decoder(Reply)
+batch_decoder = msgspec.msgpack.Decoder(ReplyBatch)
 job_decoder = msgspec.msgpack.Decoder(Job)

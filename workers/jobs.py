@@ -21,13 +21,13 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.config import Settings
-from shared.errors import GatewayError, InternalError
+from shared.errors import GatewayError, InternalError, UpstreamTimeout
 from shared.registry import Registry
 from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, tokens_from_usage
 from shared.wire import Job, job_decoder
 
 from .providers import Provider
-from .publisher import ReplyLost, ReplyPublisher
+from .publisher import ReplyHub, ReplyLost, ReplyPublisher
 
 logger = logging.getLogger("reactor.worker")
 _encode = msgspec.json.encode
@@ -87,15 +87,18 @@ class JobRunner:
     :param registry: for prices (cost) of the model that served.
     :param redis: the worker's pool.
     :param providers: the enabled providers by name.
+    :param usage: records what each request cost.
+    :param replies: sends every job's replies to the front doors.
     """
 
     def __init__(self, settings: Settings, registry: Registry, redis: Redis,
-                 providers: Mapping[str, Provider], usage: UsageRecorder) -> None:
+                 providers: Mapping[str, Provider], usage: UsageRecorder, replies: ReplyHub) -> None:
         self.settings = settings
         self.registry = registry
         self.redis = redis
         self.providers = providers
         self.usage = usage
+        self.replies = replies
         self.running: dict[str, asyncio.Task] = {}
         # Cancels that arrived before their job started, kept briefly so the job is skipped.
         self.cancelled: dict[str, float] = {}
@@ -130,7 +133,7 @@ class JobRunner:
     async def _serve(self, job: Job) -> None:
         target = job.targets[0]
         provider = self.providers.get(target.provider)
-        publisher = ReplyPublisher(self.redis, job.reply_channel, job.request_id, self.settings.heartbeat_interval)
+        publisher = self.replies.open(job.reply_channel, job.request_id)
         body = _decode(job.body)
         body["model"] = target.upstream_model
         meter = Meter(body)
@@ -140,12 +143,17 @@ class JobRunner:
         try:
             if provider is None:
                 raise InternalError(f"This worker has no provider named {target.provider!r}.")
-            if job.kind == "embeddings":
-                await self._embeddings(job, provider, body, meter, publisher)
-            elif job.stream:
-                await self._stream(job, provider, body, meter, publisher)
-            else:
-                await self._complete(job, provider, body, meter, publisher)
+            try:
+                async with asyncio.timeout(self.settings.request_timeout):
+                    if job.kind == "embeddings":
+                        await self._embeddings(job, provider, body, meter, publisher)
+                    elif job.stream:
+                        await self._stream(job, provider, body, meter, publisher)
+                    else:
+                        await self._complete(job, provider, body, meter, publisher)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The request took longer than request_timeout ({self.settings.request_timeout:g} s).") from None
         except ReplyLost as exc:
             # The front door has already told the client; stop the upstream call and meter what it did.
             status = "error"

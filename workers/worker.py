@@ -35,6 +35,7 @@ from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel
 
 from .jobs import JobRunner
+from .publisher import ReplyHub
 from .providers import build_provider
 from .providers.http import Timeouts, UpstreamHTTP
 
@@ -224,7 +225,8 @@ class WorkerProcess:
         async with UpstreamHTTP(Timeouts(connect=s.connect_timeout, read=s.read_timeout)) as http:
             providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
             usage = UsageRecorder(redis, self.keys, s.usage_retention_days, s.usage_spool)
-            runner = JobRunner(s, self.registry, redis, providers, usage)
+            hub = ReplyHub(redis, self.worker_id, s.heartbeat_interval)
+            runner = JobRunner(s, self.registry, redis, providers, usage, hub)
             wakes = {n: asyncio.Event() for n in self.names}
             workers = [
                 WakeableWorker(
@@ -251,14 +253,15 @@ class WorkerProcess:
             await asyncio.wait_for(subscribed.wait(), 10)
             tasks += [asyncio.create_task(w.main(), name=f"worker:{n}") for w, n in zip(workers, self.names)]
             tasks.append(asyncio.create_task(self._heartbeat(redis), name="heartbeat"))
+            replies = asyncio.create_task(hub.run(), name="replies")
             tasks.append(asyncio.create_task(replay_spool_forever(usage), name="usage-spool"))
             logger.info("worker %s serving %s", self.worker_id, ", ".join(self.keys.queue(n) for n in self.names))
             stopper = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*tasks, replies, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopper and task.exception():
                     logger.error("worker task %s died: %r", task.get_name(), task.exception())
-            await self._shutdown(redis, workers, tasks)
+            await self._shutdown(redis, workers, tasks, hub, replies)
 
     async def _listen(self, redis: ArqRedis, runner: JobRunner, wakes: dict[str, asyncio.Event],
                       subscribed: asyncio.Event) -> None:
@@ -312,7 +315,8 @@ class WorkerProcess:
                 logger.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(interval)
 
-    async def _shutdown(self, redis: ArqRedis, workers: list[WakeableWorker], tasks: list[asyncio.Task]) -> None:
+    async def _shutdown(self, redis: ArqRedis, workers: list[WakeableWorker], tasks: list[asyncio.Task],
+                        hub: ReplyHub, replies: asyncio.Task) -> None:
         # Stop taking jobs, let running ones finish for a while, then cancel what is left.
         for worker in workers:
             worker.allow_pick_jobs = False
@@ -325,6 +329,10 @@ class WorkerProcess:
             for task in worker.tasks.values():
                 task.cancel()
         await asyncio.gather(*tasks, *(t for w in workers for t in w.tasks.values()), return_exceptions=True)
+        # The jobs are over: send what they left, then stop the sender.
+        replies.cancel()
+        await asyncio.gather(replies, return_exceptions=True)
+        await hub.flush()
         await asyncio.gather(*(w.settle() for w in workers))
         try:
             async with redis.pipeline(transaction=False) as pipe:
