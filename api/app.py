@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from redis.asyncio import Redis
@@ -53,12 +53,15 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return render(InternalError("The gateway failed to handle this request."))
 
 
-def create_app(settings: Settings, registry: Registry | None = None, verifier: Verifier | None = None) -> Starlette:
+def create_app(settings: Settings, registry: Registry | None = None, verifier: Verifier | None = None,
+               on_ready: Callable[[], None] | None = None) -> Starlette:
     """Build the app.
 
     :param settings: the gateway settings.
     :param registry: the registry to serve; loaded from ``settings`` at start-up when None.
     :param verifier: the token verifier; JWKS or the local key from ``settings`` when None.
+    :param on_ready: called once start-up is done, before the first request (the CLI tunes the
+        garbage collector there: ``shared.runtime.tune_gc``).
     """
 
     @contextlib.asynccontextmanager
@@ -79,6 +82,8 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
             stack.push_async_callback(gateway.stop)
             app.state.gateway = gateway
             app.state.model_objects = model_objects(reg)
+            if on_ready is not None:
+                on_ready()
             yield
 
     routes = [

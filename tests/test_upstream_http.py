@@ -166,3 +166,48 @@ def test_gateway_errors_and_cancellation_pass_through_the_mapping() -> None:
     with pytest.raises(asyncio.CancelledError):
         run(cancelled())
     assert issubclass(UpstreamTimeout, GatewayError)
+
+
+class _Reads:
+    """Stands in for an aiohttp response whose body arrives in the given pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.status, self.headers = 200, {}
+        self.content = self
+        self._pieces = list(pieces)
+
+    async def readany(self) -> bytes:
+        return self._pieces.pop(0) if self._pieces else b""
+
+
+def lines_of(pieces: list[bytes]) -> list[bytes]:
+    async def go():
+        return [line async for line in upstream_http.UpstreamResponse(_Reads(pieces)).aiter_lines()]
+
+    return run(go())
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"data: a\n\ndata: b\n\n"],
+    [b"data: a\n", b"\ndata: b\n\n"],
+    [b"da", b"ta: a\n\nda", b"ta: b\n", b"\n"],
+    [b"data: a\r\n\r\ndata: b\r\n\r\n"],
+    [b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"],   # CRLF split across reads
+    [b"data: a\r\rdata: b\r\r"],                     # bare CR
+    [b"data: a\r", b"\rdata: b\r\r"],                # bare CR at the end of a read
+])
+def test_lines_whatever_the_reads(pieces: list[bytes]) -> None:
+    assert lines_of(pieces) == [b"data: a", b"", b"data: b", b""]
+
+
+def test_last_line_without_ending() -> None:
+    assert lines_of([b"data: a\n\ndata: [DONE]"]) == [b"data: a", b"", b"data: [DONE]"]
+
+
+def test_line_limit_counts_lines_split_across_reads(monkeypatch) -> None:
+    monkeypatch.setattr(upstream_http, "MAX_LINE_BYTES", 8)
+    assert lines_of([b"data: 1\n", b"data: 2\n"]) == [b"data: 1", b"data: 2"]
+    with pytest.raises(upstream_http.LineTooLong):
+        lines_of([b"data: 12", b"345678", b"9\n"])
+    with pytest.raises(upstream_http.LineTooLong):
+        lines_of([b"ok\ndata: 123456789\n"])

@@ -43,26 +43,34 @@ logger = logging.getLogger("reactor.worker")
 _cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 
 
-# Claims a batch of queued jobs in one round trip: each id that is due and not yet taken by
+# Finds and claims the due jobs of a queue in one round trip: each due id not yet taken by
 # another worker gets its in-progress key, its retry count goes up, and its payload comes
 # back with it. arq does this per job (WATCH/MULTI, then a pipeline), about five round trips
 # and a few hundred microseconds of client work each, which made the 50th job of a burst
 # wait ~30 ms. Keys are arq's own, so arq's tooling still reads the queue.
+#
+# A claimed job stays in the queue until it ends (so a dead worker's job is found again), but
+# its score moves to when its in-progress key expires: it is no longer due, so polls skip it.
+# Without that, every poll re-read every running job (thousands, with slow streams) and the
+# oldest running ones filled the batch ahead of the new ones. A job another worker holds is
+# moved the same way, to when that worker's claim lapses.
 _CLAIM = """
-local claimed = {}
 local now = tonumber(ARGV[1])
-for i = 6, #ARGV do
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now then
-    if redis.call('SET', ARGV[3] .. id, '1', 'NX', 'PX', ARGV[2]) then
-      local payload = redis.call('GET', ARGV[4] .. id) or ''
-      local try = redis.call('INCR', ARGV[5] .. id)
-      redis.call('EXPIRE', ARGV[5] .. id, 88400)
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = payload
-      claimed[#claimed + 1] = try
-    end
+local ttl = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+local claimed = {}
+for _, id in ipairs(due) do
+  if redis.call('SET', ARGV[3] .. id, '1', 'NX', 'PX', ttl) then
+    redis.call('ZADD', KEYS[1], 'XX', now + ttl, id)
+    local payload = redis.call('GET', ARGV[4] .. id) or ''
+    local try = redis.call('INCR', ARGV[5] .. id)
+    redis.call('EXPIRE', ARGV[5] .. id, 88400)
+    claimed[#claimed + 1] = id
+    claimed[#claimed + 1] = payload
+    claimed[#claimed + 1] = try
+  else
+    local left = redis.call('PTTL', ARGV[3] .. id)
+    redis.call('ZADD', KEYS[1], 'XX', now + math.max(left, 1), id)
   end
 end
 return claimed
@@ -87,23 +95,27 @@ class WakeableWorker(Worker):
         self._ended: list[str] = []
         self._flusher: asyncio.Task | None = None
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
+    async def _poll_iteration(self) -> None:
+        """Claim what is due, up to the free slots; one round trip however many jobs run."""
         free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
+        if not self.allow_pick_jobs or free <= 0:
             return
-        ttl_ms = int(self.in_progress_timeout_s * 1000)
-        ids = [job_id.decode() for job_id in job_ids[:free]]
         claimed = await self._claim(
             keys=[self.queue_name],
-            args=[timestamp_ms(), ttl_ms, in_progress_key_prefix, job_key_prefix, retry_key_prefix, *ids],
+            args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), in_progress_key_prefix, job_key_prefix,
+                  retry_key_prefix, free],
         )
         for i in range(0, len(claimed), 3):
             job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
             await self.sem.acquire()  # never waits: the batch fits in the free slots
             self.job_counter += 1
             task = self.loop.create_task(self._run_claimed(job_id, claimed[i + 1], int(claimed[i + 2])))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(lambda _, job_id=job_id: self._job_done(job_id))
             self.tasks[job_id] = task
+
+    def _job_done(self, job_id: str) -> None:
+        self.tasks.pop(job_id, None)
+        self._release_sem_dec_counter_on_complete()
 
     async def _run_claimed(self, job_id: str, payload: bytes, job_try: int) -> None:
         try:
@@ -347,7 +359,10 @@ async def run_worker_process(settings: Settings, registry: Registry, providers: 
     """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM."""
     from arq.connections import create_pool, RedisSettings
 
+    from shared.runtime import tune_gc
+
     process = WorkerProcess(settings, registry, providers)
+    tune_gc()
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
                               job_deserializer=job_deserializer)
     loop = asyncio.get_running_loop()

@@ -55,6 +55,10 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 DRAIN_TIMEOUT_S = 1.0
 
 
+class LineTooLong(ValueError):
+    """A response line longer than :data:`MAX_LINE_BYTES`: not an upstream anyone should trust."""
+
+
 class BearerAuth(httpx.Auth):
     """``Authorization: Bearer KEY``, the OpenAI-compatible scheme."""
 
@@ -78,22 +82,33 @@ class UpstreamResponse:
         return await self._response.read()
 
     async def aiter_lines(self) -> AsyncIterator[bytes]:
-        """The body's lines, each without its line ending (``\\n``, ``\\r\\n`` or ``\\r``)."""
-        content = self._response.content
-        while True:
-            line = await content.readuntil(b"\n", max_size=MAX_LINE_BYTES)
-            if not line:
-                return
-            line = line.rstrip(b"\r\n")
-            if b"\r" in line:  # bare CR line endings, which SSE allows
-                for part in line.split(b"\r"):
-                    yield part
-                continue
-            yield line
+        """The body's lines, each without its line ending (``\\n``, ``\\r\\n`` or ``\\r``).
+
+        Split from whatever each read returned, not awaited line by line: an SSE event is two
+        lines in one read, and awaiting each line cost more than parsing it.
+        """
+        read = self._response.content.readany
+        pending = b""
+        while data := await read():
+            if pending:
+                data = pending + data
+            if b"\r" in data:
+                # CRLF or bare CR: SSE allows both. A CR at the very end may be half of a CRLF.
+                keep_cr = data.endswith(b"\r")
+                data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                if keep_cr:
+                    data = data[:-1] + b"\r"
+            *lines, pending = data.split(b"\n")
+            if len(data) > MAX_LINE_BYTES and max(map(len, [pending, *lines])) > MAX_LINE_BYTES:
+                raise LineTooLong(f"a line of the response is longer than {MAX_LINE_BYTES} bytes")
+            for line in lines:
+                yield line
+        if pending:
+            yield pending.rstrip(b"\r")
 
     async def drain(self) -> None:
         """Read what is left of the body so the connection can be reused; give up after a while."""
-        with contextlib.suppress(TimeoutError, aiohttp.ClientError, ValueError):
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while await self._response.content.readany():
                     pass
