@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 from redis.exceptions import RedisError
@@ -12,6 +11,7 @@ from starlette.responses import Response
 
 from shared import __version__
 from shared.errors import ModelNotFound
+from shared.fleet import live_workers
 from shared.registry import Registry
 
 from .gateway import Gateway
@@ -80,7 +80,8 @@ async def health(request: Request) -> Response:
     workers = dict.fromkeys(providers, 0)
     redis_ok = True
     try:
-        counts = await asyncio.wait_for(_live_workers(gateway, providers), timeout=2.0)
+        counts = await asyncio.wait_for(
+            live_workers(gateway.redis, gateway.keys, providers, gateway.settings.heartbeat_interval), timeout=2.0)
         workers.update(zip(providers, counts))
     except (RedisError, OSError, TimeoutError):
         redis_ok = False
@@ -93,12 +94,3 @@ async def health(request: Request) -> Response:
         status, code = "degraded", 200
     return Response(msgspec.json.encode(Health(status, redis_ok, workers, __version__)), status_code=code,
                     media_type="application/json")
-
-
-async def _live_workers(gateway: Gateway, providers: list[str]) -> list[int]:
-    # A worker is alive while its heartbeat is younger than three intervals.
-    since = time.time() - 3 * gateway.settings.heartbeat_interval
-    async with gateway.redis.pipeline(transaction=False) as pipe:
-        for provider in providers:
-            pipe.zcount(gateway.keys.workers(provider), since, "+inf")
-        return [int(n) for n in await pipe.execute()]

@@ -15,7 +15,8 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from shared.config import Settings
-from shared.errors import GatewayError, PayloadTooLarge, Unavailable
+from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable
+from shared.fleet import pool_slots
 from shared.keys import Keys
 from shared.queue import Enqueuer
 from shared.registry import Registry
@@ -24,6 +25,58 @@ from shared.wire import Cancel, Job
 
 from .auth import Identity, Verifier, bearer_token
 from .replies import ReplyRouter, ReplyStream
+
+
+# Seconds a client told "overloaded" or "no worker" is asked to wait before trying again.
+RETRY_AFTER_S = 1
+
+
+class PoolCapacity:
+    """How many jobs each provider pool may hold: its live workers' slots plus ``backlog``.
+
+    Read from Redis at most once per ``max_age`` seconds (concurrent readers share one read),
+    and again at once before a pool is declared workerless, so a worker that just started is
+    not refused.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, providers: list[str], heartbeat: float, backlog: int) -> None:
+        self._redis, self._keys, self._providers = redis, keys, providers
+        self._heartbeat, self._backlog = heartbeat, backlog
+        self.max_age = heartbeat / 2
+        self._slots: dict[str, int] = {}
+        self._read_at = -1e9
+        self._reading: asyncio.Future[None] | None = None
+
+    async def limit(self, provider: str) -> int:
+        """The most jobs ``provider``'s pool may hold.
+
+        :raises NoWorker: no live worker serves it.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._read_at > self.max_age:
+            await self._refresh()
+        slots = self._slots.get(provider, 0)
+        if slots == 0 and loop.time() - self._read_at > 0.1:
+            await self._refresh()
+            slots = self._slots.get(provider, 0)
+        if slots == 0:
+            raise NoWorker(f"No worker serves the provider {provider!r} right now; try again shortly.",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        return slots + self._backlog
+
+    async def _refresh(self) -> None:
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        reading = self._reading
+        try:
+            await asyncio.shield(reading)
+        finally:
+            if self._reading is reading and reading.done():
+                self._reading = None
+
+    async def _read(self) -> None:
+        self._slots = await pool_slots(self._redis, self._keys, self._providers, self._heartbeat)
+        self._read_at = asyncio.get_running_loop().time()
 
 
 class Gateway:
@@ -49,6 +102,8 @@ class Gateway:
                                    heartbeat=settings.heartbeat_interval, silence_timeout=silence,
                                    deadline=settings.queue_timeout + settings.request_timeout + 2 * silence)
         self.enqueuer = Enqueuer(redis, self.keys)
+        self.capacity = PoolCapacity(redis, self.keys, list(settings.enabled_providers), settings.heartbeat_interval,
+                                     settings.queue_backlog)
         self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
         self._background: set[asyncio.Task] = set()
 
@@ -94,21 +149,32 @@ class Gateway:
     async def submit(self, job: Job) -> ReplyStream:
         """Enqueue ``job`` for its first target's provider and wait until a worker starts it.
 
-        :raises NoWorker: nobody took it within ``queue_timeout``.
+        :raises NoWorker: no live worker serves the provider, or none took the job within ``queue_timeout``.
+        :raises Overloaded: the pool's workers are all busy and its backlog is full.
         :raises Unavailable: Redis is unreachable.
         """
         if not self.replies.ready:
             raise Unavailable("The gateway is reconnecting to Redis; try again shortly.")
+        provider = job.targets[0].provider
+        try:
+            limit = await self.capacity.limit(provider)
+        except RedisError:
+            raise Unavailable("The job queue (Redis) is unreachable.") from None
         stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout)
         try:
-            await self.enqueuer.enqueue(job, job.targets[0].provider, self.settings.queue_timeout)
-            await stream.next()
+            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit)
+            if admitted:
+                await stream.next()
         except RedisError:
             stream.close()
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         except (GatewayError, asyncio.CancelledError):
             self.abandon(stream)
             raise
+        if not admitted:
+            stream.close()  # nothing was queued, so there is nothing to cancel
+            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
         return stream
 
     def abandon(self, stream: ReplyStream) -> None:

@@ -60,7 +60,8 @@ class _GatewayTable(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     read_timeout: float = 300.0
     request_timeout: float = 600.0
     heartbeat_interval: float = 2.0
-    worker_concurrency: int = 256
+    worker_concurrency: int = 2000
+    queue_backlog: int = 256
     poll_delay: float = 0.5
     usage_retention_days: int = 400
     providers: dict[str, _ProviderTable] = {}
@@ -102,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True):
     request_timeout: float
     heartbeat_interval: float
     worker_concurrency: int
+    queue_backlog: int
     poll_delay: float
     usage_retention_days: int
     providers: dict[str, ProviderSettings]
@@ -220,6 +222,8 @@ def _resolve(table: _GatewayTable, source: str, base_dir: Path, env: Mapping[str
     for key in ("max_body_bytes", "worker_concurrency", "usage_retention_days"):
         if getattr(table, key) <= 0:
             raise fail(key, "expected a positive integer")
+    if table.queue_backlog < 0:
+        raise fail("queue_backlog", "expected a number of jobs, 0 or more")
     if not table.key_prefix or any(c.isspace() for c in table.key_prefix):
         raise fail("key_prefix", "expected a non-empty prefix without spaces")
     if table.registry_overlay and table.registry_url:
@@ -258,6 +262,7 @@ def _resolve(table: _GatewayTable, source: str, base_dir: Path, env: Mapping[str
         request_timeout=table.request_timeout,
         heartbeat_interval=table.heartbeat_interval,
         worker_concurrency=table.worker_concurrency,
+        queue_backlog=table.queue_backlog,
         poll_delay=table.poll_delay,
         usage_retention_days=table.usage_retention_days,
         providers=providers,

@@ -116,6 +116,14 @@ class NoWorker(GatewayError):
     code = "no_worker_available"
 
 
+class Overloaded(GatewayError):
+    """Every worker of the pool is busy and its backlog is full: try again in a moment."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
 class Unavailable(GatewayError):
     status = 503
     type = "server_error"

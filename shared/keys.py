@@ -38,6 +38,14 @@ class Keys:
         """
         return f"{self.prefix}workers:{provider}"
 
+    def worker_slots(self, provider: str) -> str:
+        """Hash of worker id → how many jobs that worker holds at once, for the front door's backpressure.
+
+        Beside :meth:`workers` rather than in it: liveness stays one ZCOUNT, and capacity is read
+        only for the workers that are alive.
+        """
+        return f"{self.prefix}workers:{provider}:slots"
+
     def usage_seen(self, request_id: str) -> str:
         """Marks a request as metered; lives long enough to outlast any retry of its job."""
         return f"{self.prefix}usage:seen:{request_id}"

@@ -2,8 +2,13 @@
 
 arq's ``enqueue_job`` checks for an existing job id inside a WATCH/MULTI transaction, which
 costs several round trips. Our job ids are fresh random request ids, so that check can
-never fire: writing the job, adding it to the queue and waking the workers go out as one
-pipeline instead, shared by every job the process submits in the same loop turn.
+never fire: admitting the job, writing it, adding it to the queue and waking the workers go
+out as one pipeline instead, shared by every job the process submits in the same loop turn.
+
+Admission is backpressure: a pool takes a job only while the jobs it holds (queued or running:
+the queue keeps both until they end) are fewer than the limit the front door computed from
+its live workers' slots plus a backlog. It is checked inside Redis, so several front doors
+cannot overfill a pool between them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ job_deserializer = msgspec.msgpack.decode
 
 JOB_FUNCTIONS = {"chat": "chat", "embeddings": "embeddings"}
 
+# KEYS: queue, job key. ARGV: envelope, expiry ms, score (now ms), limit, job id. 1 = admitted.
+_ADMIT = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
+return 1
+"""
+
 
 class Enqueuer:
     """Batches the enqueues of one process: all jobs submitted in the same turn of the event
@@ -40,39 +55,42 @@ class Enqueuer:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._pending: list[tuple[Job, str, float, asyncio.Future[None]]] = []
+        self._admit = redis.register_script(_ADMIT)
+        self._pending: list[tuple[Job, str, float, int, asyncio.Future[bool]]] = []
 
-    async def enqueue(self, job: Job, provider: str, expires_s: float) -> None:
-        """Queue ``job`` for ``provider``'s workers and wake them.
+    async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int) -> bool:
+        """Queue ``job`` for ``provider``'s workers and wake them, if the pool has room.
 
         :param expires_s: after this the job key is gone and a worker that finds the id skips it,
             so a request the front door has given up on is never served late.
+        :param limit: the most jobs (queued and running) the pool may hold with this one.
+        :returns: whether the job was queued; False when the pool is full.
         :raises redis.RedisError: what the pipeline raised.
         """
         future = asyncio.get_running_loop().create_future()
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append((job, provider, expires_s, future))
-        await future
+        self._pending.append((job, provider, expires_s, limit, future))
+        return await future
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         asyncio.ensure_future(self._send(batch))
 
-    async def _send(self, batch: list[tuple[Job, str, float, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[tuple[Job, str, float, int, asyncio.Future[bool]]]) -> None:
         now_ms = int(time.time() * 1000)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 notify = set()
-                for job, provider, expires_s, _ in batch:
+                for job, provider, expires_s, limit, _ in batch:
                     envelope = serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None,
                                              now_ms, serializer=job_serializer)
-                    pipe.psetex(job_key_prefix + job.request_id, int(expires_s * 1000), envelope)
-                    pipe.zadd(self._keys.queue(provider), {job.request_id: now_ms})
+                    await self._admit(keys=[self._keys.queue(provider), job_key_prefix + job.request_id],
+                                args=[envelope, int(expires_s * 1000), now_ms, limit, job.request_id], client=pipe)
                     notify.add(provider)
                 for provider in notify:
                     pipe.publish(self._keys.queue_notify(provider), b"1")
-                await pipe.execute()
+                admitted = await pipe.execute()
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -80,6 +98,6 @@ class Enqueuer:
             if not isinstance(exc, Exception):
                 raise
         else:
-            for *_, future in batch:
+            for (*_, future), ok in zip(batch, admitted):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(bool(ok))

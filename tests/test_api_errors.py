@@ -183,11 +183,15 @@ def test_upstream_timeout_is_504(gateway):
     assert info.value.code == "upstream_timeout"
 
 
-def test_no_worker_is_503(gateway):
+def test_no_worker_is_503_at_once(gateway):
+    """A pool with no live worker is refused before anything is queued, not after queue_timeout."""
     started = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as info:
-        gateway.client().chat.completions.create(model="unserved-model",
-                                                 messages=[{"role": "user", "content": "x"}])
-    assert info.value.status_code == 503
-    assert info.value.code == "no_worker_available"
-    assert time.monotonic() - started < 15
+    response = httpx.post(f"{gateway.base_url}/chat/completions", timeout=10,
+                          headers={"Authorization": f"Bearer {gateway.token()}"},
+                          json={"model": "unserved-model", "messages": [{"role": "user", "content": "x"}]})
+    assert time.monotonic() - started < 2  # queue_timeout is 3 s here
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "no_worker_available" and "'idle'" in error["message"]
+    assert response.headers["retry-after"] == "1"
+    assert not [k for k in gateway.redis.scan_iter(f"{gateway.prefix}queue:idle*")]

@@ -63,7 +63,7 @@ def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (settings.queue_timeout, settings.connect_timeout) == (10.0, 10.0)
     assert (settings.read_timeout, settings.request_timeout) == (300.0, 600.0)
     assert settings.heartbeat_interval == 2.0
-    assert settings.worker_concurrency == 256
+    assert (settings.worker_concurrency, settings.queue_backlog) == (2000, 256)
     assert settings.poll_delay == 0.5
     assert settings.usage_retention_days == 400
     assert settings.providers == {"openrouter": OPENROUTER_DEFAULT}
@@ -460,3 +460,10 @@ def test_wrong_type_in_provider_table_names_the_key(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[gateway.providers.openrouter]\nenabled = "yes"\n')
 
     assert "gateway.providers.openrouter.enabled" in message
+
+
+def test_queue_backlog_may_be_zero_not_negative(tmp_path: Path) -> None:
+    (tmp_path / "reactor.toml").write_text("[gateway]\nqueue_backlog = 0\n")
+    assert load_settings(tmp_path / "reactor.toml", env={}).queue_backlog == 0
+    message = config_error(tmp_path, "[gateway]\nqueue_backlog = -1\n")
+    assert "gateway.queue_backlog: expected a number of jobs, 0 or more" in message

@@ -320,9 +320,17 @@ class WorkerProcess:
                 async with redis.pipeline(transaction=False) as pipe:
                     for n in self.names:
                         pipe.zadd(self.keys.workers(n), {self.worker_id: now})
+                        pipe.hset(self.keys.worker_slots(n), self.worker_id, self.settings.worker_concurrency)
                         # Workers that died without saying goodbye fall out after a while.
-                        pipe.zremrangebyscore(self.keys.workers(n), "-inf", now - 60 * interval)
-                    await pipe.execute()
+                        pipe.zrangebyscore(self.keys.workers(n), "-inf", now - 60 * interval)
+                    answers = await pipe.execute()
+                    gone = {n: answers[3 * i + 2] for i, n in enumerate(self.names) if answers[3 * i + 2]}
+                if gone:
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for n, ids in gone.items():
+                            pipe.zrem(self.keys.workers(n), *ids)
+                            pipe.hdel(self.keys.worker_slots(n), *ids)
+                        await pipe.execute()
             except (RedisError, OSError) as exc:
                 logger.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(interval)
@@ -350,6 +358,7 @@ class WorkerProcess:
             async with redis.pipeline(transaction=False) as pipe:
                 for n in self.names:
                     pipe.zrem(self.keys.workers(n), self.worker_id)
+                    pipe.hdel(self.keys.worker_slots(n), self.worker_id)
                 await pipe.execute()
         except (RedisError, OSError):
             pass
