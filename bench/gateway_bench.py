@@ -456,7 +456,8 @@ def run_direct_and_gateway(a: argparse.Namespace, run_dir: Path, prefix: str, st
     token = mint_token(reactor, config, env)
     common = ["--config", str(config), "--log-level", a.log_level]
     if a.serve:
-        gateway = [Child("reactor serve", [reactor, "serve", *common], run_dir / "serve.log", env)]
+        serve = [reactor, "serve", *common] + (["--workers", str(a.workers)] if a.workers > 1 else [])
+        gateway = [Child("reactor serve", serve, run_dir / "serve.log", env)]
         api, workers = gateway, []
     else:
         api = [Child("reactor api", [reactor, "api", *common], run_dir / "api.log", env)]
@@ -464,7 +465,8 @@ def run_direct_and_gateway(a: argparse.Namespace, run_dir: Path, prefix: str, st
                    for i in range(a.workers)]
         gateway = api + workers
     base = f"http://127.0.0.1:{port}/ai/v1"
-    meta["gateway"] = {"mode": "serve" if a.serve else f"api + {a.workers} worker(s)", "url": base,
+    mode = (f"serve --workers {a.workers}" if a.workers > 1 else "serve") if a.serve else f"api + {a.workers} worker(s)"
+    meta["gateway"] = {"mode": mode, "url": base,
                        "key_prefix": prefix, "config": str(config)}
     meta["gateway"]["ready_s"] = round(wait_http(f"{base}/health", a.start_timeout, procs=tuple(gateway)), 2)
     wait_http(f"{base}/models", 10, token=token, procs=tuple(gateway))
@@ -574,7 +576,11 @@ def main(argv: list[str] | None = None) -> int:
                         "else this one; --peer: peer_bench.sh's own venv)")
     p.add_argument("--redis-url", default=env("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--workers", type=int, default=1, help="reactor worker processes beside `reactor api`")
-    p.add_argument("--serve", action="store_true", help="run `reactor serve` (API + one worker) instead")
+    p.add_argument("--serve", action="store_true",
+                   help="run `reactor serve` (API + --workers worker children) instead")
+    p.add_argument("--slow-streams", action="store_true",
+                   help="the real-traffic case: `reactor serve`, streams of 20 chunks 100 ms apart at 100, 500 "
+                        "and 1,000 concurrent (--cases overrides the concurrencies)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--skip-direct", action="store_true", help="do not measure the mock directly")
     p.add_argument("--request-timeout", type=float, default=30.0)
@@ -593,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.python_explicit = bool(a.python or env("BENCH_PYTHON"))
     a.python = a.python or env("BENCH_PYTHON") or sys.executable
+    if a.slow_streams:
+        a.serve = True
+        a.chunk_delay_ms = a.chunk_delay_ms or 100.0
+        if a.cases == p.get_default("cases"):
+            a.cases = "s100,s500,s1000"
+        a.warmup = max(a.warmup, 3.0)
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     for c in a.cases:
         if parse_case(c) is None:
