@@ -37,10 +37,14 @@ def run(coro):
 class BodyDigestAuth(httpx.Auth):
     """A signing scheme in the way SigV4 is one: a header computed from the final method, URL and body."""
 
+    def __init__(self) -> None:
+        self.signed: dict[str, str] = {}
+
     def auth_flow(self, request: httpx.Request):
         digest = hashlib.sha256(request.method.encode() + str(request.url).encode() + request.content).hexdigest()
         request.headers["X-Body-Digest"] = digest
         request.headers["Authorization"] = f"Bearer {KEY}"
+        self.signed = {k.lower(): v for k, v in request.headers.items()}
         yield request
 
 
@@ -76,15 +80,20 @@ def test_a_signing_auth_sees_the_final_request(mock: MockUpstream) -> None:
     body = chat("signed")
     url = f"{mock.url}/chat/completions"
 
+    auth = BodyDigestAuth()
+
     async def go():
         async with UpstreamHTTP() as http:
             return await http.request("POST", url, content=body, headers={"Content-Type": "application/json"},
-                                      auth=BodyDigestAuth())
+                                      auth=auth)
 
     response, _ = run(go())
     assert response.status_code == 200
     expected = hashlib.sha256(b"POST" + url.encode() + body).hexdigest()
     assert mock.received[-1].headers["x-body-digest"] == expected
+    # Every header the auth saw when it signed goes on the wire unchanged (SigV4 signs headers too).
+    seen = mock.received[-1].headers
+    assert {k: seen.get(k) for k in auth.signed} == auth.signed
 
 
 def test_stream_lines_and_events(mock: MockUpstream) -> None:
