@@ -157,6 +157,10 @@ class UsageRecorder:
         self._retention_s = retention_days * 86_400
         self._script = redis.register_script(_RECORD)
         self.spool = spool
+        # Records of one loop turn share a pipeline: a worker ending a wave of streams at once
+        # pays one round trip for all of their scripts, not one each.
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task] = set()
 
     async def record(self, props: UsageProperties, attempts: int = 5) -> bool:
         """Meter one request. Returns False when it was metered before.
@@ -232,13 +236,47 @@ class UsageRecorder:
         delay = 0.05
         for attempt in range(attempts):
             try:
-                return bool(await self._script(keys=keys, args=args))
+                return bool(await self._run_script(keys, args))
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == attempts - 1:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
         return False
+
+
+    async def _run_script(self, keys: list[str], args: list[Any]) -> Any:
+        """Run the record script in the pipeline that every record of this loop turn shares."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute()
+        except BaseException as exc:
+            # Each record retries (the request-id claim makes a repeat harmless) or goes to the spool.
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (*_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
 
 
 async def replay_spool_forever(recorder: UsageRecorder, interval: float = 5.0) -> None:

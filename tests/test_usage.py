@@ -317,3 +317,25 @@ def test_without_a_spool_an_unreachable_redis_raises() -> None:
         await down.aclose()
 
     asyncio.run(run())
+
+
+def test_records_of_one_loop_turn_share_one_pipeline() -> None:
+    async def test(redis: Redis, keys: Keys) -> None:
+        recorder = UsageRecorder(redis, keys, retention_days=RETENTION_DAYS)
+        real_send, batches = recorder._send, []
+
+        async def counting_send(batch):
+            batches.append(len(batch))
+            await real_send(batch)
+
+        recorder._send = counting_send  # type: ignore[assignment]
+        results = await asyncio.gather(*(recorder.record(props(request_id=f"r-{i}")) for i in range(200)))
+        assert results == [True] * 200
+        assert batches == [200]
+        assert await redis.xlen(keys.usage_events) == 200
+        # A repeat in the same batch is still counted once.
+        again = await asyncio.gather(recorder.record(props(request_id="r-0")), recorder.record(props(request_id="new")))
+        assert again == [False, True]
+        assert await redis.xlen(keys.usage_events) == 201
+
+    with_redis(test)
