@@ -22,6 +22,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from .keys import Keys
+from .lua import PipelinedScript
 from .wire import Job
 
 # arq's job envelope is serialised with msgpack (not pickle) on both sides.
@@ -55,7 +56,7 @@ class Enqueuer:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._admit = redis.register_script(_ADMIT)
+        self._admit = PipelinedScript(_ADMIT)
         self._pending: list[tuple[Job, str, float, int, asyncio.Future[bool]]] = []
 
     async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int) -> bool:
@@ -79,18 +80,21 @@ class Enqueuer:
 
     async def _send(self, batch: list[tuple[Job, str, float, int, asyncio.Future[bool]]]) -> None:
         now_ms = int(time.time() * 1000)
+
+        def fill(pipe) -> None:
+            notify = set()
+            for job, provider, expires_s, limit, _ in batch:
+                envelope = serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None,
+                                         now_ms, serializer=job_serializer)
+                self._admit.call(pipe, [self._keys.queue(provider), job_key_prefix + job.request_id],
+                                 [envelope, int(expires_s * 1000), now_ms, limit, job.request_id])
+                notify.add(provider)
+            # Sent again with the jobs if the script had to be loaded: a second wake-up is harmless.
+            for provider in notify:
+                pipe.publish(self._keys.queue_notify(provider), b"1")
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                notify = set()
-                for job, provider, expires_s, limit, _ in batch:
-                    envelope = serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None,
-                                             now_ms, serializer=job_serializer)
-                    await self._admit(keys=[self._keys.queue(provider), job_key_prefix + job.request_id],
-                                args=[envelope, int(expires_s * 1000), now_ms, limit, job.request_id], client=pipe)
-                    notify.add(provider)
-                for provider in notify:
-                    pipe.publish(self._keys.queue_notify(provider), b"1")
-                admitted = await pipe.execute()
+            admitted = await self._admit.execute(self._redis, fill)
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import Keys
+from .lua import PipelinedScript
 from .registry import Model
 
 logger = logging.getLogger("reactor.usage")
@@ -155,7 +156,7 @@ class UsageRecorder:
         self._redis = redis
         self._keys = keys
         self._retention_s = retention_days * 86_400
-        self._script = redis.register_script(_RECORD)
+        self._script = PipelinedScript(_RECORD)
         self.spool = spool
         # Records of one loop turn share a pipeline: a worker ending a wave of streams at once
         # pays one round trip for all of their scripts, not one each.
@@ -261,11 +262,12 @@ class UsageRecorder:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        def fill(pipe) -> None:
+            for keys, args, _ in batch:
+                self._script.call(pipe, keys, args)
+
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    await self._script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute()
+            results = await self._script.execute(self._redis, fill)
         except BaseException as exc:
             # Each record retries (the request-id claim makes a repeat harmless) or goes to the spool.
             for *_, future in batch:

@@ -220,3 +220,11 @@ def test_line_limit_counts_lines_split_across_reads(monkeypatch) -> None:
         lines_of([b"data: 12", b"345678", b"9\n"])
     with pytest.raises(upstream_http.LineTooLong):
         lines_of([b"ok\ndata: 123456789\n"])
+
+
+def test_header_auths_are_httpx_auths_too() -> None:
+    """Bearer (and later api-key) auth works with plain httpx, the same headers as UpstreamHTTP adds."""
+    request = httpx.Request("POST", "http://upstream.test/v1/chat/completions", content=b"{}")
+    signed = next(BearerAuth("sk-x").auth_flow(request))
+    assert signed.headers["Authorization"] == "Bearer sk-x"
+    assert BearerAuth("sk-x").headers == {"Authorization": "Bearer sk-x"}

@@ -59,15 +59,28 @@ class LineTooLong(ValueError):
     """A response line longer than :data:`MAX_LINE_BYTES`: not an upstream anyone should trust."""
 
 
-class BearerAuth(httpx.Auth):
+class HeaderAuth(httpx.Auth):
+    """An auth whose headers do not depend on the request (bearer, Azure ``api-key``).
+
+    An ``httpx.Auth`` like any other, so it works with any httpx client; :class:`UpstreamHTTP`
+    adds its headers directly instead of building an ``httpx.Request`` to run the flow on, which
+    was about 7% of a worker's CPU per request. Schemes that sign the request (SigV4) take the
+    full flow.
+    """
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = dict(headers)
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers.update(self.headers)
+        yield request
+
+
+class BearerAuth(HeaderAuth):
     """``Authorization: Bearer KEY``, the OpenAI-compatible scheme."""
 
     def __init__(self, key: str) -> None:
-        self._value = f"Bearer {key}"
-
-    def auth_flow(self, request: httpx.Request):
-        request.headers["Authorization"] = self._value
-        yield request
+        super().__init__({"Authorization": f"Bearer {key}"})
 
 
 class UpstreamResponse:
@@ -153,13 +166,19 @@ class UpstreamHTTP:
         """
         if self._session is None:
             raise RuntimeError("UpstreamHTTP is used outside its `async with` block")
-        request = httpx.Request(method, url, content=content, headers=headers)
-        if auth is not None:
+        if auth is None or isinstance(auth, HeaderAuth):
+            sent_headers = CIMultiDict(headers or {})
+            if auth is not None:
+                sent_headers.update(auth.headers)
+        else:
+            # A signing scheme: it sees the request as it will go out, and nothing changes after it.
+            request = httpx.Request(method, url, content=content, headers=headers)
             flow = auth.async_auth_flow(request)
             request = await flow.__anext__()
             await flow.aclose()
-        async with self._session.request(request.method, str(request.url), data=request.content,
-                                         headers=CIMultiDict(request.headers.multi_items())) as response:
+            method, url, content = request.method, str(request.url), request.content
+            sent_headers = CIMultiDict(request.headers.multi_items())
+        async with self._session.request(method, url, data=content, headers=sent_headers) as response:
             yield UpstreamResponse(response)
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
