@@ -87,7 +87,8 @@ async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> Asy
     try:
         while True:
             out_chars = reply.out_chars
-            out = b"".join(_sse(frame) for frame in reply.frames)
+            frames = reply.frames
+            out = _sse(frames[0]) if len(frames) == 1 else b"".join([_sse(frame) for frame in frames])
             if reply.kind == "done":
                 finished = True
                 yield out + _DONE

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 import msgspec
 from redis.asyncio import Redis
@@ -114,7 +115,7 @@ class ReplyRouter:
                 self._ready.clear()
                 logger.warning("reply channel lost (%r); resubscribing", exc)
                 for stream in list(self._waiting.values()):
-                    stream._queue.put_nowait(_LOST)
+                    stream._put(_LOST)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -146,7 +147,10 @@ class ReplyStream:
     def __init__(self, router: ReplyRouter, request_id: str) -> None:
         self._router = router
         self.request_id = request_id
-        self._queue: asyncio.Queue[Reply] = asyncio.Queue()
+        # A deque and one waiter rather than an asyncio.Queue: this is touched once per token,
+        # and only one coroutine ever waits on it.
+        self._replies: deque[Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._next_seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
@@ -159,7 +163,13 @@ class ReplyStream:
         :raises GatewayError: no worker took the request in time, its worker went silent, a reply
             was lost (a gap in the sequence), or the router lost Redis.
         """
-        reply = await self._queue.get()
+        while not self._replies:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        reply = self._replies.popleft()
         if reply.seq == -1:
             raise reply.error.to_exception()
         if reply.seq != self._next_seq:
@@ -170,18 +180,24 @@ class ReplyStream:
     def close(self) -> None:
         self._router.close(self.request_id)
 
+    def _put(self, reply: Reply) -> None:
+        self._replies.append(reply)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _deliver(self, reply: Reply, worker_id: str) -> None:
         if self.worker_id is None:
             self.worker_id = worker_id
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-        self._queue.put_nowait(reply)
+        self._put(reply)
 
     def _fail(self, exc: GatewayError) -> None:
         if not self._failed:
             self._failed = True
-            self._queue.put_nowait(Reply(self.request_id, -1, "error", error=WireError.of(exc)))
+            self._put(Reply(self.request_id, -1, "error", error=WireError.of(exc)))
 
     def _no_worker(self) -> None:
         self._timer = None

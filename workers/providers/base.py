@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
@@ -37,11 +37,9 @@ class Provider(abc.ABC):
         self.secrets = secrets
         self.auth: httpx.Auth | None = None
 
-    @contextlib.contextmanager
-    def upstream_errors(self) -> Iterator[None]:
+    def upstream_errors(self) -> contextlib.AbstractContextManager[None]:
         """The one place a provider's transport failures become gateway errors: wrap every call in it."""
-        with map_upstream_errors(self.name):
-            yield
+        return map_upstream_errors(self.name)
 
     @abc.abstractmethod
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
