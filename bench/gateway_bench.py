@@ -286,11 +286,17 @@ class RssSampler(threading.Thread):
     def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
         self.pids, self.peak, self.start_mb = pids, 0.0, rss_mb(pids)
+        self.samples: list[float] = []  # one every 5 s: memory over a long case, to see it stay flat
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        n = 0
         while not self._stop_event.wait(0.5):
-            self.peak = max(self.peak, rss_mb(self.pids))
+            now = rss_mb(self.pids)
+            self.peak = max(self.peak, now)
+            n += 1
+            if n % 10 == 0:
+                self.samples.append(round(now, 1))
 
     def stop(self) -> float:
         self._stop_event.set()
@@ -366,7 +372,8 @@ def run_load(a: argparse.Namespace, url: str, token: str | None, case: str, watc
     res["cpu_cores"]["other"] = round(max(0.0, sys1 - sys0 - sum(used.values())) / wall, 2)
     res["loadavg_after"] = loadavg()
     if gw_pids:
-        res["gateway_rss_mb"] = {"before": round(sampler.start_mb, 1), "peak": round(peak, 1)}
+        res["gateway_rss_mb"] = {"before": round(sampler.start_mb, 1), "peak": round(peak, 1),
+                                 "after": round(rss_mb(gw_pids), 1), "samples": sampler.samples}
     return res
 
 
