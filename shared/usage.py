@@ -20,7 +20,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .keys import Keys
-from .lua import PipelinedScript
 from .registry import Model
 
 logger = logging.getLogger("reactor.usage")
@@ -30,19 +29,29 @@ EVENTS_MAXLEN = 1_000_000
 # The claim on a request id must outlive any retry of its job.
 SEEN_TTL_S = 7 * 86_400
 
+# Records a batch of requests, each only if its request id was not metered before. KEYS: per
+# record, the seen key, the counters, the day's index, the events stream. ARGV: per record, the
+# seen TTL, tokens in, tokens out, cost, retention, index member, event, stream length.
+# Returns 1 (recorded) or 0 (metered before) per record.
 _RECORD = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return 0
+local out = {}
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = 4 * i, 8 * i
+  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ARGV[a + 1]) then
+    redis.call('HINCRBY', KEYS[k + 2], 'requests', 1)
+    redis.call('HINCRBY', KEYS[k + 2], 'tokens_in', ARGV[a + 2])
+    redis.call('HINCRBY', KEYS[k + 2], 'tokens_out', ARGV[a + 3])
+    redis.call('HINCRBYFLOAT', KEYS[k + 2], 'cost_usd', ARGV[a + 4])
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 5])
+    redis.call('SADD', KEYS[k + 3], ARGV[a + 6])
+    redis.call('EXPIRE', KEYS[k + 3], ARGV[a + 5])
+    redis.call('XADD', KEYS[k + 4], 'MAXLEN', '~', ARGV[a + 8], '*', 'event', 'ai.usage', 'data', ARGV[a + 7])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
-redis.call('HINCRBY', KEYS[2], 'requests', 1)
-redis.call('HINCRBY', KEYS[2], 'tokens_in', ARGV[2])
-redis.call('HINCRBY', KEYS[2], 'tokens_out', ARGV[3])
-redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'event', 'ai.usage', 'data', ARGV[7])
-return 1
+return out
 """
 
 
@@ -156,10 +165,10 @@ class UsageRecorder:
         self._redis = redis
         self._keys = keys
         self._retention_s = retention_days * 86_400
-        self._script = PipelinedScript(_RECORD)
+        self._script = redis.register_script(_RECORD)
         self.spool = spool
-        # Records of one loop turn share a pipeline: a worker ending a wave of streams at once
-        # pays one round trip for all of their scripts, not one each.
+        # Records of one loop turn share one script call: a worker ending a wave of streams at
+        # once pays one round trip (and one command's client time) for all of them.
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task] = set()
 
@@ -237,7 +246,7 @@ class UsageRecorder:
         delay = 0.05
         for attempt in range(attempts):
             try:
-                return bool(await self._run_script(keys, args))
+                return bool(await self._run_batched(keys, args))
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == attempts - 1:
                     raise
@@ -246,8 +255,8 @@ class UsageRecorder:
         return False
 
 
-    async def _run_script(self, keys: list[str], args: list[Any]) -> Any:
-        """Run the record script in the pipeline that every record of this loop turn shares."""
+    async def _run_batched(self, keys: list[str], args: list[Any]) -> Any:
+        """Run the record script for this record and every other one of this loop turn, in one call."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._pending:
@@ -262,12 +271,10 @@ class UsageRecorder:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        def fill(pipe) -> None:
-            for keys, args, _ in batch:
-                self._script.call(pipe, keys, args)
-
+        keys = [key for record_keys, _, _ in batch for key in record_keys]
+        args = [arg for _, record_args, _ in batch for arg in record_args]
         try:
-            results = await self._script.execute(self._redis, fill)
+            results = await self._script(keys=keys, args=args)
         except BaseException as exc:
             # Each record retries (the request-id claim makes a repeat harmless) or goes to the spool.
             for *_, future in batch:

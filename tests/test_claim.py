@@ -62,3 +62,74 @@ def test_tune_gc_freezes_start_up_and_raises_thresholds() -> None:
             "assert gc.isenabled(); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_one_batch_admits_up_to_each_pools_limit_and_wakes_each_pool_once() -> None:
+    from shared.keys import Keys
+    from shared.queue import Enqueuer
+    from shared.wire import Job
+
+    keys = Keys(f"utest-{uuid4().hex[:8]}:")
+
+    def job(i: int) -> Job:
+        return Job(request_id=f"{keys.prefix}{i}", kind="chat", reply_channel="r", user_id="u", targets=[],
+                   alias=None, body=b"{}")
+
+    async def run():
+        redis = Redis.from_url(REDIS_URL)
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(keys.queue_notify("p"), keys.queue_notify("q"))
+        for _ in range(2):
+            await pubsub.get_message(timeout=1)
+        try:
+            enqueuer = Enqueuer(redis, keys)
+            admitted = await asyncio.gather(*(enqueuer.enqueue(job(i), "p", 5, limit=2) for i in range(3)),
+                                            enqueuer.enqueue(job(9), "q", 5, limit=1))
+            wakes = []
+            while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
+                wakes.append(message["channel"].decode())
+            queued = {q: await redis.zcard(keys.queue(q)) for q in ("p", "q")}
+            rejected_key = await redis.exists(job_key_prefix + job(2).request_id)
+            return admitted, sorted(wakes), queued, rejected_key
+        finally:
+            await pubsub.aclose()
+            await redis.delete(keys.queue("p"), keys.queue("q"), *(job_key_prefix + job(i).request_id
+                                                                      for i in (0, 1, 2, 9)))
+            await redis.aclose()
+
+    admitted, wakes, queued, rejected_key = asyncio.run(run())
+    assert admitted == [True, True, False, True]
+    assert wakes == sorted([keys.queue_notify("p"), keys.queue_notify("q")])
+    assert queued == {"p": 2, "q": 1}
+    assert rejected_key == 0  # a refused job leaves nothing behind
+
+
+def test_ended_jobs_leave_queue_and_keys() -> None:
+    from workers.worker import _END
+
+    tag = uuid4().hex[:8]
+    queue, ids = f"utest-{tag}:queue:p", [f"utest-{tag}-{i}" for i in range(3)]
+
+    async def run():
+        redis = Redis.from_url(REDIS_URL)
+        end = redis.register_script(_END)
+        try:
+            await redis.zadd(queue, {i: 1 for i in ids})
+            for i in ids:
+                for prefix in (in_progress_key_prefix, job_key_prefix, retry_key_prefix):
+                    await redis.set(prefix + i, "x")
+            cleared = await end(keys=[queue], args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix,
+                                                    *ids[:2]])
+            left = await redis.zrange(queue, 0, -1)
+            keys_left = [p + i for i in ids for p in (in_progress_key_prefix, job_key_prefix, retry_key_prefix)
+                         if await redis.exists(p + i)]
+            return cleared, left, keys_left
+        finally:
+            await redis.delete(queue, *(p + i for i in ids for p in (in_progress_key_prefix, job_key_prefix,
+                                                                      retry_key_prefix)))
+            await redis.aclose()
+
+    cleared, left, keys_left = asyncio.run(run())
+    assert cleared == 2
+    assert left == [ids[2].encode()]
+    assert len(keys_left) == 3  # only the third job's keys

@@ -180,15 +180,15 @@ def test_requests_accumulate_per_user_model_and_day() -> None:
 def test_record_retries_a_lost_connection() -> None:
     async def test(redis: Redis, keys: Keys) -> None:
         recorder = UsageRecorder(redis, keys, retention_days=RETENTION_DAYS)
-        real_execute = recorder._script.execute
+        real_script = recorder._script
         failures = [RedisConnectionError("reset"), OSError("broken pipe")]
 
-        async def flaky(redis: Redis, fill: Any) -> Any:
+        async def flaky(**kwargs: Any) -> Any:
             if failures:
                 raise failures.pop(0)
-            return await real_execute(redis, fill)
+            return await real_script(**kwargs)
 
-        recorder._script.execute = flaky  # type: ignore[method-assign]
+        recorder._script = flaky  # type: ignore[assignment]
         assert await recorder.record(props(), attempts=3) is True
         assert await redis.xlen(keys.usage_events) == 1
 

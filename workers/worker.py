@@ -77,6 +77,19 @@ return claimed
 """
 
 
+# Clears ended jobs: out of the queue first, then their keys, atomically, so no poll can claim
+# one again in between. One command for the whole batch.
+# ARGV: the in-progress, job and retry key prefixes, then the ids.
+_END = """
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', ARGV[1] .. id, ARGV[2] .. id, ARGV[3] .. id)
+end
+return #ARGV - 3
+"""
+
+
 class WakeableWorker(Worker):
     """An arq worker whose poll loop also wakes on an :class:`asyncio.Event`, and which claims
     and finishes the jobs of a poll together.
@@ -92,6 +105,7 @@ class WakeableWorker(Worker):
         super().__init__(*args, **kwargs)
         self.wake = wake
         self._claim = self.pool.register_script(_CLAIM)
+        self._end = self.pool.register_script(_END)
         self._ended: list[str] = []
         self._flusher: asyncio.Task | None = None
 
@@ -154,17 +168,13 @@ class WakeableWorker(Worker):
             await asyncio.gather(self._flusher, return_exceptions=True)
 
     async def _flush_ended(self) -> None:
-        """Remove ended jobs from Redis, all that ended since the last flush in one transaction."""
+        """Remove ended jobs from Redis, all that ended since the last flush in one script call."""
         await asyncio.sleep(0)  # let the jobs ending in this same loop turn join the batch
         while self._ended:
             ended, self._ended = self._ended, []
             try:
-                async with self.pool.pipeline(transaction=True) as tr:
-                    # Out of the queue before the in-progress key goes, so no poll can claim it again.
-                    tr.zrem(self.queue_name, *ended)
-                    tr.delete(*(key + job_id for job_id in ended
-                                for key in (in_progress_key_prefix, job_key_prefix, retry_key_prefix)))
-                    await tr.execute()
+                await self._end(keys=[self.queue_name],
+                                args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix, *ended])
             except (RedisError, OSError) as exc:
                 # The in-progress keys expire by themselves; until then nobody re-runs these jobs.
                 logger.warning("could not clear %d ended jobs: %r", len(ended), exc)
