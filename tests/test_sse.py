@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from workers.providers.sse import ServerSentEvent, iter_events
+from workers.providers.sse import LineTooLong, ServerSentEvent, SSEDecoder
 
 
-async def _lines(raw: bytes):
-    # The same splitting the upstream line reader does: \n, \r\n and bare \r all end a line.
-    for line in raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
-        yield line
+def decode(pieces: list[bytes], max_line: int | None = None) -> list[ServerSentEvent]:
+    decoder = SSEDecoder(max_line)
+    out = [event for piece in pieces for event in decoder.feed(piece)]
+    return out + decoder.close()
 
 
 def events(raw: bytes) -> list[ServerSentEvent]:
-    async def collect():
-        return [e async for e in iter_events(_lines(raw))]
-
-    return asyncio.run(collect())
+    """The body in one read, and again a byte at a time: reads may split anything anywhere."""
+    whole = decode([raw])
+    assert decode([raw[i:i + 1] for i in range(len(raw))]) == whole
+    return whole
 
 
 def test_one_data_line_per_event() -> None:
@@ -78,3 +76,24 @@ def test_open_event_at_end_of_body_is_dispatched(raw: bytes) -> None:
 
 def test_empty_stream() -> None:
     assert events(b"") == []
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"data: a\n\ndata: b\n\n"],
+    [b"data: a\n", b"\ndata: b\n\n"],
+    [b"da", b"ta: a\n\nda", b"ta: b\n", b"\n"],
+    [b"data: a\r\n\r\ndata: b\r\n\r\n"],
+    [b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"],   # CRLF split across reads
+    [b"data: a\r\rdata: b\r\r"],                     # bare CR
+    [b"data: a\r", b"\rdata: b\r\r"],                # bare CR at the end of a read
+])
+def test_events_whatever_the_reads(pieces: list[bytes]) -> None:
+    assert decode(pieces) == [ServerSentEvent(b"a"), ServerSentEvent(b"b")]
+
+
+def test_line_limit_counts_lines_split_across_reads() -> None:
+    assert decode([b"data: 1\n\n", b"data: 2\n\n"], max_line=8) == [ServerSentEvent(b"1"), ServerSentEvent(b"2")]
+    with pytest.raises(LineTooLong):
+        decode([b"data: 12", b"345678", b"9\n"], max_line=8)
+    with pytest.raises(LineTooLong):
+        decode([b"ok\ndata: 123456789\n"], max_line=8)

@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from shared.errors import GatewayError, ProviderError, UpstreamTimeout
-from workers.providers import http as upstream_http
 from workers.providers.http import BearerAuth, Timeouts, UpstreamHTTP, map_upstream_errors
-from workers.providers.sse import iter_events
+from workers.providers.sse import SSEDecoder
 
 from .mock_upstream import MockUpstream
 
@@ -96,12 +95,19 @@ def test_a_signing_auth_sees_the_final_request(mock: MockUpstream) -> None:
     assert {k: seen.get(k) for k in auth.signed} == auth.signed
 
 
-def test_stream_lines_and_events(mock: MockUpstream) -> None:
+async def read_events(response) -> list[bytes]:
+    decoder, out = SSEDecoder(), []
+    while data := await response.read_some():
+        out += [e.data for e in decoder.feed(data)]
+    return out + [e.data for e in decoder.close()]
+
+
+def test_stream_reads_and_events(mock: MockUpstream) -> None:
     async def go():
         async with UpstreamHTTP() as http:
             async with http.stream("POST", f"{mock.url}/chat/completions", content=chat("a b #chunks=3", True),
                                    headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as response:
-                return [e.data async for e in iter_events(response.aiter_lines())]
+                return await read_events(response)
 
     data = run(go())
     assert data[-1] == b"[DONE]"
@@ -114,9 +120,9 @@ def test_leaving_a_stream_early_hangs_up_on_the_upstream(mock: MockUpstream) -> 
             async with http.stream("POST", f"{mock.url}/chat/completions",
                                    content=chat("#chunks=50 #delay=100", True),
                                    headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith(b"data:"):
-                        break
+                decoder = SSEDecoder()
+                while not decoder.feed(await response.read_some()):
+                    pass
 
     run(go())
     assert mock.wait_for(lambda r: r[-1].disconnected, timeout=3)
@@ -148,16 +154,15 @@ def test_refused_connection_is_a_provider_error() -> None:
         run(go())
 
 
-def test_a_line_longer_than_the_limit_is_a_provider_error(mock: MockUpstream, monkeypatch) -> None:
-    monkeypatch.setattr(upstream_http, "MAX_LINE_BYTES", 64)
-
+def test_a_line_longer_than_the_limit_is_a_provider_error(mock: MockUpstream) -> None:
     async def go():
         async with UpstreamHTTP() as http:
             with map_upstream_errors("mock"):
                 async with http.stream("POST", f"{mock.url}/chat/completions", content=chat("x " * 100, True),
                                        headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as r:
-                    async for _ in r.aiter_lines():
-                        pass
+                    decoder = SSEDecoder(max_line=64)
+                    while data := await r.read_some():
+                        decoder.feed(data)
 
     with pytest.raises(ProviderError):
         run(go())
@@ -175,51 +180,6 @@ def test_gateway_errors_and_cancellation_pass_through_the_mapping() -> None:
     with pytest.raises(asyncio.CancelledError):
         run(cancelled())
     assert issubclass(UpstreamTimeout, GatewayError)
-
-
-class _Reads:
-    """Stands in for an aiohttp response whose body arrives in the given pieces."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.status, self.headers = 200, {}
-        self.content = self
-        self._pieces = list(pieces)
-
-    async def readany(self) -> bytes:
-        return self._pieces.pop(0) if self._pieces else b""
-
-
-def lines_of(pieces: list[bytes]) -> list[bytes]:
-    async def go():
-        return [line async for line in upstream_http.UpstreamResponse(_Reads(pieces)).aiter_lines()]
-
-    return run(go())
-
-
-@pytest.mark.parametrize("pieces", [
-    [b"data: a\n\ndata: b\n\n"],
-    [b"data: a\n", b"\ndata: b\n\n"],
-    [b"da", b"ta: a\n\nda", b"ta: b\n", b"\n"],
-    [b"data: a\r\n\r\ndata: b\r\n\r\n"],
-    [b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"],   # CRLF split across reads
-    [b"data: a\r\rdata: b\r\r"],                     # bare CR
-    [b"data: a\r", b"\rdata: b\r\r"],                # bare CR at the end of a read
-])
-def test_lines_whatever_the_reads(pieces: list[bytes]) -> None:
-    assert lines_of(pieces) == [b"data: a", b"", b"data: b", b""]
-
-
-def test_last_line_without_ending() -> None:
-    assert lines_of([b"data: a\n\ndata: [DONE]"]) == [b"data: a", b"", b"data: [DONE]"]
-
-
-def test_line_limit_counts_lines_split_across_reads(monkeypatch) -> None:
-    monkeypatch.setattr(upstream_http, "MAX_LINE_BYTES", 8)
-    assert lines_of([b"data: 1\n", b"data: 2\n"]) == [b"data: 1", b"data: 2"]
-    with pytest.raises(upstream_http.LineTooLong):
-        lines_of([b"data: 12", b"345678", b"9\n"])
-    with pytest.raises(upstream_http.LineTooLong):
-        lines_of([b"ok\ndata: 123456789\n"])
 
 
 def test_header_auths_are_httpx_auths_too() -> None:

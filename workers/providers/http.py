@@ -47,16 +47,9 @@ class Limits:
 
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_LIMITS = Limits()
-# The longest single line a response may carry (an SSE ``data:`` line holding, say, a large
-# tool call's arguments in one event). aiohttp's own default is 128 KiB.
-MAX_LINE_BYTES = 16 * 1024 * 1024
 # How long to wait for the end of a body after the last event before giving up on reusing
 # its connection (an unread body closes the connection, and the next call pays a handshake).
 DRAIN_TIMEOUT_S = 1.0
-
-
-class LineTooLong(ValueError):
-    """A response line longer than :data:`MAX_LINE_BYTES`: not an upstream anyone should trust."""
 
 
 class HeaderAuth(httpx.Auth):
@@ -94,30 +87,9 @@ class UpstreamResponse:
     async def aread(self) -> bytes:
         return await self._response.read()
 
-    async def aiter_lines(self) -> AsyncIterator[bytes]:
-        """The body's lines, each without its line ending (``\\n``, ``\\r\\n`` or ``\\r``).
-
-        Split from whatever each read returned, not awaited line by line: an SSE event is two
-        lines in one read, and awaiting each line cost more than parsing it.
-        """
-        read = self._response.content.readany
-        pending = b""
-        while data := await read():
-            if pending:
-                data = pending + data
-            if b"\r" in data:
-                # CRLF or bare CR: SSE allows both. A CR at the very end may be half of a CRLF.
-                keep_cr = data.endswith(b"\r")
-                data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                if keep_cr:
-                    data = data[:-1] + b"\r"
-            *lines, pending = data.split(b"\n")
-            if len(data) > MAX_LINE_BYTES and max(map(len, [pending, *lines])) > MAX_LINE_BYTES:
-                raise LineTooLong(f"a line of the response is longer than {MAX_LINE_BYTES} bytes")
-            for line in lines:
-                yield line
-        if pending:
-            yield pending.rstrip(b"\r")
+    async def read_some(self) -> bytes:
+        """Whatever part of the body has arrived (waiting for some if none has); ``b""`` at its end."""
+        return await self._response.content.readany()
 
     async def drain(self) -> None:
         """Read what is left of the body so the connection can be reused; give up after a while."""
@@ -204,5 +176,5 @@ def map_upstream_errors(name: str) -> Iterator[None]:
         # aiohttp's connect and read timeouts are TimeoutError subclasses.
         raise UpstreamTimeout(f"Upstream {name} timed out.") from None
     except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError, OSError, ValueError) as exc:
-        # ValueError: a line longer than MAX_LINE_BYTES, or a body aiohttp could not decode.
+        # ValueError: an SSE line longer than sse.MAX_LINE_BYTES, or a body aiohttp could not decode.
         raise ProviderError(f"Upstream {name} connection failed: {type(exc).__name__}") from None

@@ -16,7 +16,7 @@ from shared.errors import GatewayError, InvalidRequest, ProviderError, UpstreamT
 
 from .base import Provider
 from .http import BearerAuth, UpstreamHTTP, UpstreamResponse
-from .sse import iter_events
+from .sse import SSEDecoder
 
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.encode
@@ -52,22 +52,27 @@ class OpenAICompatProvider(Provider):
                                         headers=self._headers, auth=self.auth) as response:
                 if response.status_code >= 400:
                     raise self.error_from_response(response, await response.aread())
-                async for event in iter_events(response.aiter_lines()):
-                    payload = event.data.strip()
-                    if payload == b"[DONE]":
-                        # Read the body to its end so the connection goes back to the pool.
-                        await response.drain()
+                decoder = SSEDecoder()
+                while True:
+                    data = await response.read_some()
+                    for event in decoder.feed(data) if data else decoder.close():
+                        payload = event.data.strip()
+                        if payload == b"[DONE]":
+                            # Read the body to its end so the connection goes back to the pool.
+                            await response.drain()
+                            return
+                        if not payload:
+                            continue
+                        try:
+                            chunk = _json.decode(payload)
+                        except msgspec.DecodeError:
+                            raise ProviderError(f"Upstream {self.name} sent a malformed stream event.") from None
+                        if not isinstance(chunk, dict):
+                            raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
+                        self.check_chunk(chunk)
+                        yield self.normalize_chunk(chunk)
+                    if not data:
                         return
-                    if not payload:
-                        continue
-                    try:
-                        chunk = _json.decode(payload)
-                    except msgspec.DecodeError:
-                        raise ProviderError(f"Upstream {self.name} sent a malformed stream event.") from None
-                    if not isinstance(chunk, dict):
-                        raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
-                    self.check_chunk(chunk)
-                    yield self.normalize_chunk(chunk)
 
     # -- the upstream's quirks, overridden per provider ------------------------------------
 
