@@ -324,7 +324,10 @@ def run_load(a: argparse.Namespace, url: str, token: str | None, case: str, watc
              label: str) -> dict:
     """One loadgen run, with the CPU each watched group (by pids) used meanwhile."""
     stream, conc = parse_case(case)
-    cmd = [a.python, str(SHARED_BENCH / "loadgen.py"), "--url", url, "--model", MODEL, "--concurrency", str(conc),
+    generator = [str(HERE / "spread_load.py"), "--spread", str(a.spread),
+                 "--stream-s", str(a.chunks * a.chunk_delay_ms / 1000 + 0.5)] if a.spread else \
+        [str(SHARED_BENCH / "loadgen.py")]
+    cmd = [a.python, *generator, "--url", url, "--model", MODEL, "--concurrency", str(conc),
            "--duration", str(a.duration), "--warmup", str(a.warmup), "--timeout", str(a.request_timeout),
            "--label", label]
     if token:
@@ -512,7 +515,9 @@ def run_direct_and_gateway(a: argparse.Namespace, run_dir: Path, prefix: str, st
     meta["loadavg_after"] = loadavg()
     header = (f"date {meta['date']} | {meta['cpus']} CPUs | loadavg before {meta['loadavg_before']} after "
               f"{meta['loadavg_after']} | {a.duration:g} s per case (+{a.warmup:g} s warmup) | stream = "
-              f"{a.chunks} content chunks, {a.chunk_delay_ms:g} ms/chunk | gateway: {meta['gateway']['mode']}")
+              f"{a.chunks} content chunks, {a.chunk_delay_ms:g} ms/chunk | "
+              f"{f'starts spread over {a.spread:g} s' if a.spread else 'all streams start at once'} | "
+              f"gateway: {meta['gateway']['mode']}")
     md = f"{header}\n\n{table(results)}\n\n{added_at_c1(results)}\n"
     print()
     print(md)
@@ -599,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a [gateway] setting for the gateway under test, as a TOML line "
                         "(e.g. --set 'worker_concurrency = 2000'); repeatable")
+    p.add_argument("--spread", type=float, default=0.0, metavar="SECONDS",
+                   help="streams only: spread the streams' starts over SECONDS (bench/spread_load.py) instead of "
+                        "starting them all at once, so requests arrive steadily rather than in lockstep waves")
     p.add_argument("--profile", action="store_true",
                    help="record each gateway process with py-spy during each case; the top frames go "
                         "next to the results")
@@ -629,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "loadavg_before": loadavg(), "logs": str(run_dir),
             "key_prefix": prefix, "duration_s": a.duration, "warmup_s": a.warmup, "cases": a.cases,
-            "chunks": a.chunks, "chunk_delay_ms": a.chunk_delay_ms, "loadgen_python": a.python}
+            "chunks": a.chunks, "chunk_delay_ms": a.chunk_delay_ms, "spread_s": a.spread, "loadgen_python": a.python}
     print(f"# gateway_bench {meta['date']}  loadavg before: {meta['loadavg_before']}  logs: {run_dir}  "
           f"redis prefix: {prefix}", flush=True)
 

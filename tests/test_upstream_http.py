@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -188,3 +189,34 @@ def test_header_auths_are_httpx_auths_too() -> None:
     signed = next(BearerAuth("sk-x").auth_flow(request))
     assert signed.headers["Authorization"] == "Bearer sk-x"
     assert BearerAuth("sk-x").headers == {"Authorization": "Bearer sk-x"}
+
+
+def test_a_body_silent_past_the_read_timeout_ends(mock: MockUpstream) -> None:
+    """The read watchdog: a stream whose head came but whose body stalls is ended as a timeout."""
+
+    async def go():
+        async with UpstreamHTTP(Timeouts(connect=2, read=0.5)) as http:
+            with map_upstream_errors("mock"):
+                async with http.stream("POST", f"{mock.url}/chat/completions", content=chat("#delay=3000", True),
+                                       headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as r:
+                    assert r.status_code == 200
+                    while await r.read_some():
+                        pass
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        run(go())
+    assert 0.4 < time.monotonic() - started < 2
+    assert mock.wait_for(lambda r: r[-1].disconnected, timeout=3)
+
+
+def test_a_slow_body_that_keeps_sending_is_not_cut(mock: MockUpstream) -> None:
+    async def go():
+        async with UpstreamHTTP(Timeouts(connect=2, read=0.5)) as http:
+            async with http.stream("POST", f"{mock.url}/chat/completions",
+                                   content=chat("#chunks=6 #delay=300", True),
+                                   headers={"Content-Type": "application/json"}, auth=BearerAuth(KEY)) as r:
+                return await read_events(r)
+
+    events = run(go())  # 2 s in all, never silent for 0.5 s
+    assert events[-1] == b"[DONE]"

@@ -30,10 +30,11 @@ logger = logging.getLogger("reactor.worker")
 
 # With this many requests open, the sender waits this long before each batch so that it holds
 # more than one or two tokens: at 500 streams of a token every 100 ms, batches sent as fast as
-# Redis answers carried 1.5 replies each and the hub's own work was a tenth of the worker's CPU.
-# Below it a batch leaves on the next loop turn, so a lone stream's tokens are not delayed.
+# Redis answers carried 1.5 replies each and the hub's own work was a tenth of the worker's CPU
+# (most of it the write system call of each PUBLISH). Below it a batch leaves on the next loop
+# turn, so a lone stream's tokens are not delayed; above it a token waits at most this long.
 LINGER_ABOVE_OPEN = 64
-LINGER_S = 0.002
+LINGER_S = 0.005
 
 
 class ReplyLost(Exception):

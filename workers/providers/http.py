@@ -79,17 +79,28 @@ class BearerAuth(HeaderAuth):
 class UpstreamResponse:
     """An upstream's answer, its body read on demand."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
         self._response = response
+        self._read_timeout = read_timeout
         self.status_code: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
+        self._loop = asyncio.get_running_loop()
+        # When the body last moved; the client's read watchdog ends a body silent for too long.
+        self.last_read = self._loop.time()
 
     async def aread(self) -> bytes:
-        return await self._response.read()
+        async with asyncio.timeout(self._read_timeout):
+            return await self._response.read()
 
     async def read_some(self) -> bytes:
         """Whatever part of the body has arrived (waiting for some if none has); ``b""`` at its end."""
-        return await self._response.content.readany()
+        data = await self._response.content.readany()
+        self.last_read = self._loop.time()
+        return data
+
+    def _time_out(self) -> None:
+        self._response.content.set_exception(TimeoutError(f"no data for {self._read_timeout:g} s"))
+        self._response.close()
 
     async def drain(self) -> None:
         """Read what is left of the body so the connection can be reused; give up after a while."""
@@ -110,22 +121,40 @@ class UpstreamHTTP:
         self.timeouts = timeouts
         self.limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._open: set[UpstreamResponse] = set()
+        self._watchdog: asyncio.Task | None = None
 
     async def __aenter__(self) -> "UpstreamHTTP":
         connector = aiohttp.TCPConnector(limit=self.limits.max_connections, limit_per_host=0,
                                          keepalive_timeout=self.limits.keepalive_expiry)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=self.timeouts.read),
+            # No sock_read: aiohttp would re-arm a timer on every read, a few percent of a worker
+            # holding a thousand streams. The read watchdog below checks them all once a second.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
             # The gateway relays bodies; it never needs cookies.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._watchdog = asyncio.create_task(self._watch_reads(), name="upstream-read-watchdog")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _watch_reads(self) -> None:
+        """End every body that has been silent for longer than the read timeout."""
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, self.timeouts.read / 4)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = loop.time() - self.timeouts.read
+            for response in [r for r in self._open if r.last_read < cutoff]:
+                response._time_out()
 
     @contextlib.asynccontextmanager
     async def stream(self, method: str, url: str, *, content: bytes | None = None,
@@ -150,8 +179,18 @@ class UpstreamHTTP:
             await flow.aclose()
             method, url, content = request.method, str(request.url), request.content
             sent_headers = CIMultiDict(request.headers.multi_items())
-        async with self._session.request(method, url, data=content, headers=sent_headers) as response:
-            yield UpstreamResponse(response)
+        # Until the response's head arrives, the read timeout is one timer for the request.
+        async with asyncio.timeout(self.timeouts.read):
+            response = await self._session.request(method, url, data=content, headers=sent_headers)
+        upstream = UpstreamResponse(response, self.timeouts.read)
+        self._open.add(upstream)
+        try:
+            yield upstream
+        finally:
+            self._open.discard(upstream)
+            # A body read to its end returns the connection to the pool; anything else closes it.
+            response.release()
+            await response.wait_for_close()
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
                       headers: dict[str, str] | None = None,
