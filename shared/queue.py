@@ -13,7 +13,6 @@ cannot overfill a pool between them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import msgspec
@@ -21,6 +20,7 @@ from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from .batching import LoopTurnBatch
 from .keys import Keys
 from .wire import Job
 
@@ -56,20 +56,16 @@ return out
 
 class Enqueuer:
     """Batches the enqueues of one process: all jobs submitted in the same turn of the event
-    loop go to Redis as one pipeline.
-
-    A lone request waits for nothing (the batch is sent on the next loop turn); fifty arriving
-    together cost one pipeline instead of fifty, which is most of a burst's client-side time.
+    loop go to Redis as one script call.
 
     :param redis: the process's pool.
     :param keys: the key names.
     """
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
         self._keys = keys
         self._admit = redis.register_script(_ADMIT)
-        self._pending: list[tuple[Job, str, float, int, asyncio.Future[bool]]] = []
+        self._batch: LoopTurnBatch[tuple[Job, str, float, int], bool] = LoopTurnBatch(self._send)
 
     async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int) -> bool:
         """Queue ``job`` for ``provider``'s workers and wake them, if the pool has room.
@@ -78,37 +74,17 @@ class Enqueuer:
             so a request the front door has given up on is never served late.
         :param limit: the most jobs (queued and running) the pool may hold with this one.
         :returns: whether the job was queued; False when the pool is full.
-        :raises redis.RedisError: what the pipeline raised.
+        :raises redis.RedisError: what the script call raised.
         """
-        future = asyncio.get_running_loop().create_future()
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append((job, provider, expires_s, limit, future))
-        return await future
+        return await self._batch.submit((job, provider, expires_s, limit))
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        asyncio.ensure_future(self._send(batch))
-
-    async def _send(self, batch: list[tuple[Job, str, float, int, asyncio.Future[bool]]]) -> None:
+    async def _send(self, batch: list[tuple[Job, str, float, int]]) -> list[bool]:
         now_ms = int(time.time() * 1000)
-
         keys: list[str] = []
         args: list[bytes | str | int] = []
-        for job, provider, expires_s, limit, _ in batch:
+        for job, provider, expires_s, limit in batch:
             keys += [self._keys.queue(provider), job_key_prefix + job.request_id]
             args += [serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None, now_ms,
                                    serializer=job_serializer),
                      int(expires_s * 1000), now_ms, limit, job.request_id, self._keys.queue_notify(provider)]
-        try:
-            admitted = await self._admit(keys=keys, args=args)
-        except BaseException as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (*_, future), ok in zip(batch, admitted):
-                if not future.done():
-                    future.set_result(bool(ok))
+        return [bool(ok) for ok in await self._admit(keys=keys, args=args)]

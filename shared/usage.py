@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .batching import LoopTurnBatch
 from .keys import Keys
 from .registry import Model
 
@@ -169,8 +170,7 @@ class UsageRecorder:
         self.spool = spool
         # Records of one loop turn share one script call: a worker ending a wave of streams at
         # once pays one round trip (and one command's client time) for all of them.
-        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task] = set()
+        self._batch: LoopTurnBatch[tuple[list[str], list[Any]], int] = LoopTurnBatch(self._send)
 
     async def record(self, props: UsageProperties, attempts: int = 5) -> bool:
         """Meter one request. Returns False when it was metered before.
@@ -246,7 +246,7 @@ class UsageRecorder:
         delay = 0.05
         for attempt in range(attempts):
             try:
-                return bool(await self._run_batched(keys, args))
+                return bool(await self._batch.submit((keys, args)))
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == attempts - 1:
                     raise
@@ -255,37 +255,12 @@ class UsageRecorder:
         return False
 
 
-    async def _run_batched(self, keys: list[str], args: list[Any]) -> Any:
-        """Run the record script for this record and every other one of this loop turn, in one call."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((keys, args, future))
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        keys = [key for record_keys, _, _ in batch for key in record_keys]
-        args = [arg for _, record_args, _ in batch for arg in record_args]
-        try:
-            results = await self._script(keys=keys, args=args)
-        except BaseException as exc:
-            # Each record retries (the request-id claim makes a repeat harmless) or goes to the spool.
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (*_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+    async def _send(self, batch: list[tuple[list[str], list[Any]]]) -> list[int]:
+        # A failure reaches every record of the batch: each retries (the request-id claim makes
+        # a repeat harmless) or goes to the spool.
+        keys = [key for record_keys, _ in batch for key in record_keys]
+        args = [arg for _, record_args in batch for arg in record_args]
+        return await self._script(keys=keys, args=args)
 
 
 async def replay_spool_forever(recorder: UsageRecorder, interval: float = 5.0) -> None:

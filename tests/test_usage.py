@@ -322,13 +322,13 @@ def test_without_a_spool_an_unreachable_redis_raises() -> None:
 def test_records_of_one_loop_turn_share_one_pipeline() -> None:
     async def test(redis: Redis, keys: Keys) -> None:
         recorder = UsageRecorder(redis, keys, retention_days=RETENTION_DAYS)
-        real_send, batches = recorder._send, []
+        real_send, batches = recorder._batch._send, []
 
         async def counting_send(batch):
             batches.append(len(batch))
-            await real_send(batch)
+            return await real_send(batch)
 
-        recorder._send = counting_send  # type: ignore[assignment]
+        recorder._batch._send = counting_send  # type: ignore[method-assign]
         results = await asyncio.gather(*(recorder.record(props(request_id=f"r-{i}")) for i in range(200)))
         assert results == [True] * 200
         assert batches == [200]
