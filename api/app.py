@@ -61,7 +61,7 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
     :param registry: the registry to serve; loaded from ``settings`` at start-up when None.
     :param verifier: the token verifier; JWKS or the local key from ``settings`` when None.
     :param on_ready: called once start-up is done, before the first request (the CLI tunes the
-        garbage collector there: ``shared.runtime.tune_gc``).
+        garbage collector and the open-files limit there: ``shared.runtime.tune_process``).
     """
 
     @contextlib.asynccontextmanager

@@ -53,7 +53,7 @@ def _run_uvloop(coro) -> None:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from shared.runtime import tune_gc
+    from shared.runtime import tune_process
 
     from .app import create_app
 
@@ -64,7 +64,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Reactor Gateway {__version__} listening on http://{shown}:{port}/ai/v1", flush=True)
     if not settings.auth_url:
         print("Single-box auth: get a token with `reactor auth token <user-id>`", flush=True)
-    uvicorn.run(create_app(settings, on_ready=tune_gc), host=host, port=port, log_level=args.log_level, access_log=False,
+    uvicorn.run(create_app(settings, on_ready=tune_process), host=host, port=port, log_level=args.log_level, access_log=False,
                 loop="uvloop" if _has_uvloop() else "asyncio", http="httptools", timeout_graceful_shutdown=15)
     return 0
 

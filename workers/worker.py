@@ -378,10 +378,10 @@ async def run_worker_process(settings: Settings, registry: Registry, providers: 
     """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM."""
     from arq.connections import create_pool, RedisSettings
 
-    from shared.runtime import tune_gc
+    from shared.runtime import tune_process
 
     process = WorkerProcess(settings, registry, providers)
-    tune_gc()
+    tune_process()
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
                               job_deserializer=job_deserializer)
     loop = asyncio.get_running_loop()
