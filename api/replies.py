@@ -22,6 +22,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from shared.errors import GatewayError, InternalError, NoWorker, Unavailable, UpstreamTimeout, WireError
+from shared.reconnect import Reconnect
 from shared.wire import Reply, batch_decoder
 
 logger = logging.getLogger("reactor.api")
@@ -82,7 +83,7 @@ class ReplyRouter:
             stream._timer.cancel()
 
     async def _run(self) -> None:
-        backoff = 0.1
+        reconnect = Reconnect(cap=2.0)
         loop = asyncio.get_running_loop()
         while True:
             pubsub = self.redis.pubsub()
@@ -92,7 +93,7 @@ class ReplyRouter:
                 while (msg := await pubsub.get_message(timeout=5.0)) is None or msg["type"] != "subscribe":
                     pass
                 self._ready.set()
-                backoff = 0.1
+                reconnect.succeeded()
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if msg is None or msg["type"] != "message":
@@ -116,8 +117,7 @@ class ReplyRouter:
                 logger.warning("reply channel lost (%r); resubscribing", exc)
                 for stream in list(self._waiting.values()):
                     stream._put(_LOST)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await reconnect.wait()
             finally:
                 try:
                     await pubsub.aclose()

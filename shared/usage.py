@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batching import LoopTurnBatch
 from .keys import Keys
+from .reconnect import Reconnect
 from .registry import Model
 
 logger = logging.getLogger("reactor.usage")
@@ -243,15 +244,14 @@ class UsageRecorder:
         ]
         args = [SEEN_TTL_S, props.tokens_in, props.tokens_out, repr(props.cost_usd), self._retention_s,
                 f"{props.user_id}\t{props.model_id}", event, EVENTS_MAXLEN]
-        delay = 0.05
+        reconnect = Reconnect(base=0.05)
         for attempt in range(attempts):
             try:
                 return bool(await self._batch.submit((keys, args)))
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if attempt == attempts - 1:
                     raise
-            await asyncio.sleep(delay)
-            delay *= 2
+            await reconnect.wait()
         return False
 
 

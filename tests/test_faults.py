@@ -78,10 +78,13 @@ def test_redis_restart(tmp_path, private_redis, openrouter_mock, local_mock):
         assert info.value.status_code == 503
         private_redis.start()
         assert wait_until(lambda: httpx.get(f"{gw.base_url}/health", timeout=3).status_code == 200, 20), gw.logs()
-        answer = client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": "back"}])
+        try:
+            answer = client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": "back"}])
+            chunks = list(client.chat.completions.create(model="mock-local", stream=True,
+                                                         messages=[{"role": "user", "content": "#chunks=3"}]))
+        except openai.APIError as exc:
+            raise AssertionError(f"after the restart: {exc!r}\n{gw.logs()}") from exc
         assert answer.choices[0].message.content == "Hello from mock: back"
-        chunks = list(client.chat.completions.create(model="mock-local", stream=True,
-                                                     messages=[{"role": "user", "content": "#chunks=3"}]))
         assert chunks[-1].choices[0].finish_reason == "stop"
     finally:
         gw.stop()

@@ -23,3 +23,17 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
             "assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now > 256, now; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_reconnect_backs_off_with_jitter_and_resets() -> None:
+    from shared.reconnect import Reconnect
+
+    policy = Reconnect(base=0.1, cap=1.0)
+    delays = [policy.next_delay() for _ in range(8)]
+    # Equal jitter: between half and all of min(cap, base * 2^n).
+    for n, delay in enumerate(delays, 1):
+        ceiling = min(1.0, 0.1 * 2 ** n)
+        assert ceiling / 2 <= delay <= ceiling
+    assert max(delays) <= 1.0
+    policy.succeeded()
+    assert policy.next_delay() <= 0.2

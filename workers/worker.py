@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from shared.config import Settings
 from shared.errors import GatewayError
 from shared.keys import Keys
+from shared.reconnect import Reconnect
 from shared.queue import JOB_FUNCTIONS, job_deserializer, job_serializer
 from shared.registry import Registry
 from shared.usage import UsageRecorder, replay_spool_forever
@@ -183,18 +184,18 @@ class WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        backoff = 0.1
+        reconnect = Reconnect()
         while True:
             # Cleared before polling, so an enqueue during the poll still wakes the next wait.
             self.wake.clear()
             try:
                 await self._poll_iteration()
-                backoff = 0.1
+                reconnect.succeeded()
             except (RedisError, OSError) as exc:
                 # A Redis blip must not end the worker: jobs in flight carry on, polling resumes.
-                logger.warning("polling %s failed (%r); retrying in %.1fs", self.queue_name, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = reconnect.next_delay()
+                logger.warning("polling %s failed (%r); retrying in %.1fs", self.queue_name, exc, delay)
+                await reconnect.wait(delay)
                 continue
             try:
                 await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
@@ -290,13 +291,13 @@ class WorkerProcess:
         """Wake-ups and cancels, on one pub/sub connection; resubscribes after a Redis blip."""
         by_channel = {self.keys.queue_notify(n).encode(): wake for n, wake in wakes.items()}
         cancel_channel = self.keys.cancel_channel.encode()
-        backoff = 0.1
+        reconnect = Reconnect()
         while True:
             pubsub = redis.pubsub()
             try:
                 await pubsub.subscribe(*by_channel, cancel_channel)
                 subscribed.set()
-                backoff = 0.1
+                reconnect.succeeded()
                 # Jobs enqueued while we were not listening are found by this poll.
                 for wake in wakes.values():
                     wake.set()
@@ -313,9 +314,9 @@ class WorkerProcess:
                     elif (wake := by_channel.get(channel)) is not None:
                         wake.set()
             except (RedisError, OSError) as exc:
-                logger.warning("worker pub/sub lost (%r); resubscribing in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = reconnect.next_delay()
+                logger.warning("worker pub/sub lost (%r); resubscribing in %.1fs", exc, delay)
+                await reconnect.wait(delay)
             finally:
                 try:
                     await pubsub.aclose()
