@@ -143,7 +143,7 @@ class Gateway:
     async def round_robin_turn(self, alias: str) -> int:
         try:
             return int(await self.redis.incr(self.keys.round_robin(alias)))
-        except RedisError:
+        except (RedisError, OSError):
             raise Unavailable("Redis is unreachable.") from None
 
     async def submit(self, job: Job) -> ReplyStream:
@@ -158,14 +158,16 @@ class Gateway:
         provider = job.targets[0].provider
         try:
             limit = await self.capacity.limit(provider)
-        except RedisError:
+        except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout)
         try:
             admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit)
             if admitted:
                 await stream.next()
-        except RedisError:
+        except (RedisError, OSError):
+            # redis-py raises its ConnectionError mostly, but a socket reset mid-command can
+            # surface as the OS's; either way it is Redis being away, never a 500.
             stream.close()
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         except (GatewayError, asyncio.CancelledError):
@@ -206,5 +208,5 @@ class Gateway:
         """Tell every worker to drop ``request_id``: abort its upstream call, or skip it if queued."""
         try:
             await self.redis.publish(self.keys.cancel_channel, msgspec.msgpack.encode(Cancel(request_id)))
-        except RedisError:
+        except (RedisError, OSError):
             pass  # the job's own timeouts end it

@@ -128,3 +128,33 @@ def test_a_gap_in_the_sequence_is_reported() -> None:
             await stream.next()
 
     run_router(test)
+
+
+def test_a_socket_error_from_redis_is_a_503_not_a_500(tmp_path) -> None:
+    """redis-py mostly raises its ConnectionError, but a reset mid-command can surface as the OS's."""
+    from api.gateway import Gateway
+    from shared.config import load_settings
+    from shared.errors import Unavailable
+    from shared.overlay import registry_for
+    from shared.wire import Job, Target
+
+    async def run():
+        settings = load_settings(None, env={"REACTOR_DATA_DIR": str(tmp_path)})
+        registry = await registry_for(settings)
+        redis = Redis.from_url(REDIS_URL)
+        gateway = Gateway(settings, registry, redis, verifier=None)
+        gateway.replies._ready.set()  # as if subscribed: the failure comes from the queue
+
+        async def reset(provider):
+            raise ConnectionResetError("connection reset by peer")
+
+        gateway.capacity.limit = reset
+        job = Job(request_id="r", kind="chat", reply_channel="c", user_id="u",
+                  targets=[Target(provider="openrouter", model_id="m", upstream_model="m")], alias=None, body=b"{}")
+        try:
+            await gateway.submit(job)
+        finally:
+            await redis.aclose()
+
+    with pytest.raises(Unavailable):
+        asyncio.run(run())
