@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from shared.config import Settings
 from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable
-from shared.fleet import pool_slots
+from shared.fleet import pool_slots, silence_timeout
 from shared.keys import Keys
 from shared.queue import Enqueuer
 from shared.registry import Registry
@@ -95,9 +95,9 @@ class Gateway:
         self.verifier = verifier
         self.keys = Keys(settings.key_prefix)
         self.process_id = uuid.uuid4().hex[:12]
-        # Silence after which a worker counts as gone: a few missed heartbeats. Past the deadline
-        # even a live worker's request ends (the worker's own request_timeout should end it first).
-        silence = settings.heartbeat_interval * 3 + 1.0
+        # Past the deadline even a live worker's request ends (the worker's own request_timeout
+        # should end it first).
+        silence = silence_timeout(settings.heartbeat_interval)
         self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id),
                                    heartbeat=settings.heartbeat_interval, silence_timeout=silence,
                                    deadline=settings.queue_timeout + settings.request_timeout + 2 * silence)

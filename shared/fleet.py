@@ -18,6 +18,12 @@ from .keys import Keys
 MISSED_BEATS = 3
 
 
+def silence_timeout(heartbeat_interval: float) -> float:
+    """How long a front door waits without a message from a worker before taking it for dead:
+    the same missed heartbeats, plus a second for a busy event loop."""
+    return MISSED_BEATS * heartbeat_interval + 1.0
+
+
 def alive_since(heartbeat_interval: float, now: float | None = None) -> float:
     """The oldest heartbeat (unix seconds) of a worker that still counts as alive."""
     return (time.time() if now is None else now) - MISSED_BEATS * heartbeat_interval

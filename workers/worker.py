@@ -29,16 +29,16 @@ from redis.exceptions import RedisError
 from shared.config import Settings
 from shared.errors import GatewayError
 from shared.keys import Keys
-from shared.reconnect import Reconnect
 from shared.queue import JOB_FUNCTIONS, job_deserializer, job_serializer
+from shared.reconnect import Reconnect
 from shared.registry import Registry
 from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel
 
 from .jobs import JobRunner
-from .publisher import ReplyHub
 from .providers import build_provider
 from .providers.http import Timeouts, UpstreamHTTP
+from .publisher import ReplyHub
 
 logger = logging.getLogger("reactor.worker")
 _cancel_decoder = msgspec.msgpack.Decoder(Cancel)
