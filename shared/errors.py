@@ -24,11 +24,17 @@ class ErrorEnvelope(msgspec.Struct):
 
 
 class GatewayError(Exception):
-    """Base of every error rendered as ``{"error": {...}}``."""
+    """Base of every error rendered as ``{"error": {...}}``.
+
+    ``retryable`` says whether another attempt (the same target later, or the next candidate of
+    a fallback) could succeed: true for throttling, timeouts and upstream outages, false for a
+    request the upstream will refuse however often it is sent.
+    """
 
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    retryable: bool = False
 
     def __init__(
         self,
@@ -38,6 +44,7 @@ class GatewayError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +53,8 @@ class GatewayError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+        if retryable is not None:
+            self.retryable = retryable
         self.headers = headers or {}
 
     def body(self) -> ErrorEnvelope:
@@ -97,23 +106,30 @@ class QuotaExceeded(GatewayError):
 
 
 class ProviderError(GatewayError):
-    """The upstream refused or failed the request; ``status`` mirrors what it means for the client."""
+    """The upstream refused or failed the request; ``status`` mirrors what it means for the client.
+
+    Retryable unless said otherwise: a refusal that would repeat (bad credentials, a request the
+    model cannot take) is raised with ``retryable=False`` or as :class:`InvalidRequest`.
+    """
 
     status = 502
     type = "provider_error"
     code = "provider_error"
+    retryable = True
 
 
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+    retryable = True
 
 
 class NoWorker(GatewayError):
     status = 503
     type = "server_error"
     code = "no_worker_available"
+    retryable = True
 
 
 class Overloaded(GatewayError):
@@ -122,12 +138,14 @@ class Overloaded(GatewayError):
     status = 503
     type = "server_error"
     code = "overloaded"
+    retryable = True
 
 
 class Unavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+    retryable = True
 
 
 class InternalError(GatewayError):
@@ -164,6 +182,7 @@ class WireError(msgspec.Struct, array_like=True):
     code: str | None
     param: str | None = None
     retry_after: str | None = None
+    retryable: bool = False
 
     @classmethod
     def of(cls, exc: GatewayError) -> "WireError":
@@ -174,12 +193,14 @@ class WireError(msgspec.Struct, array_like=True):
             code=exc.code,
             param=exc.param,
             retry_after=exc.headers.get("Retry-After"),
+            retryable=exc.retryable,
         )
 
     def to_exception(self) -> GatewayError:
         cls = _KINDS.get(self.kind, InternalError)
         headers = {"Retry-After": self.retry_after} if self.retry_after else None
-        return cls(self.message, param=self.param, code=self.code, status=self.status, headers=headers)
+        return cls(self.message, param=self.param, code=self.code, status=self.status, headers=headers,
+                   retryable=self.retryable)
 
 
 # Keys and bearer tokens that upstreams like to echo back ("Incorrect API key provided: sk-...").
