@@ -12,104 +12,58 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 DEFAULT_BIND = "0.0.0.0:8004"
 CONFIG_FILE_NAME = "reactor.toml"
-
-# A provider's kind decides the wire format its worker speaks.
-PROVIDER_KINDS = ("openrouter", "openai", "bedrock", "foundry")
-# Kinds whose translation modules this release ships; the others parse but cannot be enabled yet.
-AVAILABLE_KINDS = ("openrouter", "openai")
-
-_DEFAULT_BASE_URL = {"openrouter": "https://openrouter.ai/api/v1"}
-_DEFAULT_KEY_ENV = {"openrouter": "OPENROUTER_API_KEY", "foundry": "AZURE_FOUNDRY_API_KEY"}
 
 
 class ConfigError(ValueError):
     """A bad config file or value; the message names the file, the key and what was expected."""
 
 
-class _ProviderTable(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    kind: str | None = None
-    enabled: bool | None = None
-    base_url: str | None = None
-    endpoint: str | None = None
-    api_key_env: str | None = None
-    api_version: str | None = None
-    region: str | None = None
-    headers: dict[str, str] = {}
+Seconds = Annotated[float, Meta(gt=0, description="a positive number of seconds")]
+Count = Annotated[int, Meta(gt=0, description="a positive integer")]
 
 
-class _GatewayTable(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    registry_overlay: str | None = None
-    registry_url: str | None = None
-    registry_optional: bool = False
-    registry_timeout: float = msgspec.field(default=5.0)
-    bind: str | None = None
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the gateway reads at start-up. Passed down; never re-read.
+
+    Each field is a key of the ``[gateway]`` section, declared once here with its default and its
+    constraint; ``ENV`` names the ones an environment variable overrides. Provider tables are
+    typed by their own modules (``workers/providers``).
+    """
+
+    bind: str = DEFAULT_BIND
+    redis_url: str | None = None
+    key_prefix: Annotated[str, Meta(pattern=r"^\S+$", description="a non-empty prefix without spaces")] = "reactor:"
+    data_dir: Path | None = None
     auth_url: str | None = None
     auth_issuer: str | None = None
     auth_audience: str | None = None
-    data_dir: str | None = None
-    redis_url: str | None = None
-    key_prefix: str = "reactor:"
-    max_body_bytes: int = 8 * 1024 * 1024
-    queue_timeout: float = 10.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    request_timeout: float = 600.0
-    heartbeat_interval: float = 2.0
-    worker_concurrency: int = 2000
-    queue_backlog: int = 256
-    poll_delay: float = 0.5
-    usage_retention_days: int = 400
-    providers: dict[str, _ProviderTable] = {}
-
-
-class ProviderSettings(msgspec.Struct, frozen=True):
-    """One ``[gateway.providers.NAME]`` table, resolved against the environment."""
-
-    name: str
-    kind: str
-    enabled: bool
-    base_url: str | None
-    api_key: str | None
-    api_key_env: str | None
-    api_version: str | None = None
-    region: str | None = None
-    headers: dict[str, str] = {}
-
-
-class Settings(msgspec.Struct, frozen=True):
-    """Everything the gateway reads at start-up. Passed down; never re-read."""
-
-    source: str
-    bind: str
-    redis_url: str | None
-    key_prefix: str
-    data_dir: Path
-    auth_url: str | None
-    auth_issuer: str | None
-    auth_audience: str | None
-    registry_overlay: Path | None
-    registry_url: str | None
-    registry_optional: bool
-    registry_timeout: float
-    max_body_bytes: int
-    queue_timeout: float
-    connect_timeout: float
-    read_timeout: float
-    request_timeout: float
-    heartbeat_interval: float
-    worker_concurrency: int
-    queue_backlog: int
-    poll_delay: float
-    usage_retention_days: int
-    providers: dict[str, ProviderSettings]
+    registry_overlay: Path | None = None
+    registry_url: str | None = None
+    registry_optional: bool = False
+    registry_timeout: Seconds = 5.0
+    max_body_bytes: Count = 8 * 1024 * 1024
+    queue_timeout: Seconds = 10.0
+    connect_timeout: Seconds = 10.0
+    read_timeout: Seconds = 300.0
+    request_timeout: Seconds = 600.0
+    heartbeat_interval: Seconds = 2.0
+    worker_concurrency: Count = 2000
+    queue_backlog: Annotated[int, Meta(ge=0, description="a number of jobs, 0 or more")] = 256
+    poll_delay: Seconds = 0.5
+    usage_retention_days: Count = 400
+    providers: dict[str, Any] = {}
+    # Where the values came from, for messages; not a key of the section.
+    source: str = "<defaults>"
 
     @property
-    def enabled_providers(self) -> dict[str, ProviderSettings]:
+    def enabled_providers(self) -> dict[str, Any]:
         return {name: p for name, p in self.providers.items() if p.enabled}
 
     @property
@@ -119,11 +73,20 @@ class Settings(msgspec.Struct, frozen=True):
     @property
     def usage_spool(self) -> Path:
         """Where usage records wait while Redis is unreachable."""
+        assert self.data_dir is not None
         return self.data_dir / "usage-spool.jsonl"
 
     def secrets(self) -> tuple[str, ...]:
         """Every provider key this gateway holds, for redaction."""
-        return tuple(p.api_key for p in self.providers.values() if p.api_key)
+        return tuple(secret for p in self.providers.values() for secret in p.secrets())
+
+
+# Settings an environment variable overrides (the product page's names), over the file.
+ENV = {"bind": "REACTOR_AI_BIND", "redis_url": "REDIS_URL", "auth_url": "REACTOR_AI_AUTH_URL",
+       "data_dir": "REACTOR_DATA_DIR"}
+# Provider tables every gateway has, even when reactor.toml does not mention them: OpenRouter
+# serves every built-in model out of the box.
+DEFAULT_PROVIDERS = ("openrouter",)
 
 
 def split_bind(value: str, key: str = "REACTOR_AI_BIND") -> tuple[str, int]:
@@ -152,25 +115,73 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
     env = os.environ if env is None else env
     file = find_config_file(str(path) if path else None, env)
     source = str(file) if file else "<defaults>"
-    section: dict = {}
-    if file is not None:
-        section = _read_section(file)
-    # Provider tables are converted one by one: msgspec's error path does not name a dict key.
+    base_dir = file.parent if file else Path.cwd()
+    section: dict = _read_section(file) if file is not None else {}
+    if "source" in section:
+        raise ConfigError(f"{source}: gateway.source: unknown setting")
+    # Provider tables are converted one by one, each by its own type: msgspec's error path does
+    # not name a dict key.
     raw_providers = section.pop("providers", {})
     if not isinstance(raw_providers, dict):
         raise ConfigError(f"{source}: gateway.providers: expected a table of provider tables")
+    for key, var in ENV.items():
+        if env.get(var):
+            section[key] = env[var]
     try:
-        table = msgspec.convert(section, _GatewayTable)
+        settings = msgspec.convert(section, Settings, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc, 'gateway')}") from None
-    providers = {}
-    for name, raw in raw_providers.items():
-        try:
-            providers[name] = msgspec.convert(raw, _ProviderTable)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"{source}: {_describe(exc, f'gateway.providers.{name}')}") from None
-    table = msgspec.structs.replace(table, providers=providers)
-    return _resolve(table, source, file.parent if file else Path.cwd(), env)
+        raise ConfigError(f"{source}: {_describe(exc, 'gateway', section)}") from None
+    if env.get(ENV["bind"]):
+        split_bind(settings.bind, ENV["bind"])
+    else:
+        split_bind(settings.bind, f"{source}: gateway.bind")
+    if settings.registry_overlay and settings.registry_url:
+        raise ConfigError(f"{source}: gateway.registry_url: set registry_overlay or registry_url, not both")
+
+    providers = {name: _provider(name, raw, source, env) for name, raw in raw_providers.items()}
+    for name in DEFAULT_PROVIDERS:
+        if name not in providers:
+            providers[name] = _provider(name, {}, source, env)
+
+    if settings.data_dir is not None:
+        data_dir = base_dir / settings.data_dir.expanduser()
+    else:
+        xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        data_dir = Path(xdg) / "reactor"
+    overlay = base_dir / settings.registry_overlay.expanduser() if settings.registry_overlay else None
+    return msgspec.structs.replace(settings, source=source, data_dir=data_dir, registry_overlay=overlay,
+                                   auth_url=settings.auth_url or None, providers=providers)
+
+
+def _decode_path(type_: type, value: Any) -> Any:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _provider(name: str, raw: Any, source: str, env: Mapping[str, str]) -> Any:
+    """One ``[gateway.providers.NAME]`` table, typed and resolved by its provider's module."""
+    # Imported here: the provider modules import this one for ConfigError-free helpers, and a
+    # process reading the config loads only the kinds it names.
+    from workers.providers import KINDS, SettingError, settings_type
+
+    key = f"gateway.providers.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise ConfigError(f"{source}: {key}: provider names may use letters, digits, '-' and '_'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {key}: expected a table")
+    kind = raw.get("kind") or (name if name in KINDS and name != "openai" else None)
+    if not isinstance(kind, str) or kind not in KINDS:
+        got = f", got {kind!r}" if kind is not None else ""
+        raise ConfigError(f"{source}: {key}.kind: expected one of {', '.join(KINDS)}{got}")
+    try:
+        table = msgspec.convert({**raw, "kind": kind}, settings_type(kind))
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc, key, raw)}") from None
+    try:
+        return msgspec.structs.replace(table, name=name).resolve(env)
+    except SettingError as exc:
+        raise ConfigError(f"{source}: {key}.{exc.key}: {exc}") from None
 
 
 def _read_section(file: Path) -> dict:
@@ -196,7 +207,7 @@ def _read_section(file: Path) -> dict:
 _PATH = re.compile(r"`\$((?:\.[^`\[]+|\[\d+\])*)`")
 
 
-def _describe(exc: msgspec.ValidationError, root: str) -> str:
+def _describe(exc: msgspec.ValidationError, root: str, given: Mapping[str, Any]) -> str:
     """Turn msgspec's ``... - at `$.providers.x.enabled``` into ``key gateway.providers.x.enabled: ...``."""
     text = str(exc)
     match = _PATH.search(text)
@@ -205,108 +216,17 @@ def _describe(exc: msgspec.ValidationError, root: str) -> str:
     if what.startswith("Object contains unknown field"):
         field = what.split("`")[1]
         return f"{where}.{field}: unknown setting"
+    if what.startswith("Expected `") and ", got `" not in what:
+        # A bound or pattern: say what the setting takes rather than msgspec's bound or regex.
+        description = _constraint_description(where.rsplit(".", 1)[-1])
+        if description:
+            return f"{where}: expected {description}"
     return f"{where}: {what}"
 
 
-def _resolve(table: _GatewayTable, source: str, base_dir: Path, env: Mapping[str, str]) -> Settings:
-    def fail(key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{source}: gateway.{key}: {expected}")
-
-    bind = env.get("REACTOR_AI_BIND") or table.bind or DEFAULT_BIND
-    split_bind(bind, "REACTOR_AI_BIND" if env.get("REACTOR_AI_BIND") else f"{source}: gateway.bind")
-
-    for key in ("queue_timeout", "connect_timeout", "read_timeout", "request_timeout", "heartbeat_interval",
-                "poll_delay", "registry_timeout"):
-        if getattr(table, key) <= 0:
-            raise fail(key, "expected a positive number of seconds")
-    for key in ("max_body_bytes", "worker_concurrency", "usage_retention_days"):
-        if getattr(table, key) <= 0:
-            raise fail(key, "expected a positive integer")
-    if table.queue_backlog < 0:
-        raise fail("queue_backlog", "expected a number of jobs, 0 or more")
-    if not table.key_prefix or any(c.isspace() for c in table.key_prefix):
-        raise fail("key_prefix", "expected a non-empty prefix without spaces")
-    if table.registry_overlay and table.registry_url:
-        raise fail("registry_url", "set registry_overlay or registry_url, not both")
-
-    providers = {name: _resolve_provider(name, t, source, env) for name, t in table.providers.items()}
-    if "openrouter" not in providers:
-        # OpenRouter is the default provider: it serves every built-in model out of the box.
-        providers["openrouter"] = _resolve_provider("openrouter", _ProviderTable(), source, env)
-
-    data_dir = env.get("REACTOR_DATA_DIR") or table.data_dir
-    if data_dir:
-        data_path = (base_dir / Path(data_dir).expanduser())
-    else:
-        xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        data_path = Path(xdg) / "reactor"
-
-    overlay = (base_dir / Path(table.registry_overlay).expanduser()) if table.registry_overlay else None
-    return Settings(
-        source=source,
-        bind=bind,
-        redis_url=env.get("REDIS_URL") or table.redis_url,
-        key_prefix=table.key_prefix,
-        data_dir=data_path,
-        auth_url=(env.get("REACTOR_AI_AUTH_URL") or table.auth_url or None),
-        auth_issuer=table.auth_issuer,
-        auth_audience=table.auth_audience,
-        registry_overlay=overlay,
-        registry_url=table.registry_url,
-        registry_optional=table.registry_optional,
-        registry_timeout=table.registry_timeout,
-        max_body_bytes=table.max_body_bytes,
-        queue_timeout=table.queue_timeout,
-        connect_timeout=table.connect_timeout,
-        read_timeout=table.read_timeout,
-        request_timeout=table.request_timeout,
-        heartbeat_interval=table.heartbeat_interval,
-        worker_concurrency=table.worker_concurrency,
-        queue_backlog=table.queue_backlog,
-        poll_delay=table.poll_delay,
-        usage_retention_days=table.usage_retention_days,
-        providers=providers,
-    )
-
-
-def _resolve_provider(name: str, t: _ProviderTable, source: str, env: Mapping[str, str]) -> ProviderSettings:
-    key = f"gateway.providers.{name}"
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        raise ConfigError(f"{source}: {key}: provider names may use letters, digits, '-' and '_'")
-    kind = t.kind or (name if name in PROVIDER_KINDS and name != "openai" else None)
-    if kind is None:
-        raise ConfigError(f"{source}: {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}")
-    if kind not in PROVIDER_KINDS:
-        raise ConfigError(f"{source}: {key}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
-    # A table the user wrote for a generic upstream means "use it"; the cloud ones stay off until asked.
-    enabled = t.enabled if t.enabled is not None else kind in ("openrouter", "openai")
-    if t.base_url and t.endpoint and t.base_url != t.endpoint:
-        raise ConfigError(f"{source}: {key}.endpoint: set base_url or endpoint, not both")
-    base_url = t.base_url or t.endpoint
-    if kind == "foundry":
-        base_url = env.get("AZURE_FOUNDRY_ENDPOINT") or base_url
-    base_url = base_url or _DEFAULT_BASE_URL.get(kind)
-    region = (env.get("AWS_REGION") or t.region or "us-east-1") if kind == "bedrock" else t.region
-    key_env = t.api_key_env or _DEFAULT_KEY_ENV.get(kind)
-    api_key = env.get(key_env) if key_env else None
-    if enabled:
-        if kind not in AVAILABLE_KINDS:
-            raise ConfigError(
-                f"{source}: {key}.enabled: the {kind} provider is not available in this release; "
-                f"set enabled = false"
-            )
-        if not base_url:
-            raise ConfigError(f"{source}: {key}.base_url: expected the upstream's base URL")
-        if not re.match(r"https?://", base_url):
-            raise ConfigError(f"{source}: {key}.base_url: expected an http(s) URL, got {base_url!r}")
-    return ProviderSettings(
-        name=name,
-        kind=kind,
-        enabled=enabled,
-        base_url=base_url.rstrip("/") if base_url else None,
-        api_key=api_key,
-        api_key_env=key_env,
-        api_version=t.api_version,
-        region=region,
-        headers=dict(t.headers),
-    )
+def _constraint_description(field: str) -> str | None:
+    """The ``description`` a constrained field of :class:`Settings` carries, e.g. "a positive integer"."""
+    for info in msgspec.inspect.type_info(Settings).fields:
+        if info.name == field and isinstance(info.type, msgspec.inspect.Metadata):
+            return (info.type.extra_json_schema or {}).get("description")
+    return None

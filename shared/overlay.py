@@ -30,4 +30,5 @@ async def registry_for(settings: Settings) -> Registry:
             logger.warning("%s; continuing with the built-in registry (registry_optional = true)", exc)
             text = None
     registry = load_registry(text, source)
-    return registry.restricted_to(settings.enabled_providers)
+    enabled = settings.enabled_providers
+    return registry.restricted_to(enabled, [name for name, p in enabled.items() if p.missing_credentials()])

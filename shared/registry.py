@@ -213,22 +213,29 @@ class Registry:
             return alias, [self._models[target] for target in alias.targets]
         return None, []
 
-    def restricted_to(self, providers: Collection[str]) -> Registry:
+    def restricted_to(self, providers: Collection[str], lacking_credentials: Collection[str] = ()) -> Registry:
         """A copy serving only through `providers`, e.g. the ones enabled in reactor.toml.
 
         Routes to other providers are dropped, then models left with no route, then alias targets
-        naming dropped models, then aliases left with no target.
+        naming dropped models, then aliases left with no target. Routes to a provider in
+        `lacking_credentials` move behind the others, so a model is served by the first of its
+        routes whose provider can sign in (enabling Bedrock with AWS credentials makes
+        `claude-3-haiku` go through Bedrock even though OpenRouter is listed too, and vice versa).
 
         Parameters:
             providers: provider table names to keep.
+            lacking_credentials: kept providers that have no credentials yet.
         """
-        if isinstance(providers, str):
+        if isinstance(providers, str) or isinstance(lacking_credentials, str):
             # A lone name would otherwise be read as a collection of one-letter providers.
             raise TypeError("providers must be a collection of names, not a str")
         keep = frozenset(providers)
+        last = frozenset(lacking_credentials)
         models: list[Model] = []
         for model in self._models.values():
             routes = tuple(route for route in model.routes if route.provider in keep)
+            # sorted() is stable: the declared order holds within each group.
+            routes = tuple(sorted(routes, key=lambda route: route.provider in last))
             if routes == model.routes:
                 models.append(model)
             elif routes:

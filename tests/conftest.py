@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from .gateway_proc import LOCAL_KEY, UPSTREAM_KEY, RunningGateway
-from .mock_upstream import MockUpstream
+from .mocks.openai import MockUpstream
 
 REDIS_URL = os.environ.get("REACTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

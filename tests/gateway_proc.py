@@ -68,10 +68,16 @@ class RunningGateway:
     :param openrouter_url: base URL of the OpenRouter-flavoured mock.
     :param local_url: base URL of the OpenAI-flavoured mock behind the generic provider ``local``.
     :param extra: extra ``[gateway]`` lines.
+    :param providers: extra provider tables (TOML), e.g. ``[gateway.providers.bedrock]`` for a mock.
+    :param overlay: extra registry overlay TOML.
+    :param env: extra environment variables (provider credentials).
+    :param worker_providers: the provider queues the worker serves (all must have a live worker
+        before :meth:`start` returns).
     """
 
     def __init__(self, workdir: Path, redis_url: str, prefix: str, openrouter_url: str, local_url: str,
-                 extra: str = "") -> None:
+                 extra: str = "", *, providers: str = "", overlay: str = "", env: dict[str, str] | None = None,
+                 worker_providers: tuple[str, ...] = ("openrouter", "local")) -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.prefix = prefix
@@ -80,7 +86,8 @@ class RunningGateway:
         self.base_url = f"{self.url}/ai/v1"
         self.data_dir = workdir / "data"
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "ai-models.toml").write_text(OVERLAY)
+        (workdir / "ai-models.toml").write_text(OVERLAY + overlay)
+        self.worker_providers = worker_providers
         self.config = workdir / "reactor.toml"
         self.config.write_text(f"""
 [gateway]
@@ -105,10 +112,16 @@ api_key_env = "LOCAL_LLM_KEY"
 [gateway.providers.idle]
 kind = "openai"
 base_url = "http://127.0.0.1:9/v1"
+
+{providers}
 """)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("REACTOR_", "OPENROUTER_"))}
         self.env.update(REDIS_URL=redis_url, OPENROUTER_API_KEY=UPSTREAM_KEY, LOCAL_LLM_KEY=LOCAL_KEY,
                         REACTOR_AI_BIND=f"127.0.0.1:{self.port}", PYTHONPATH=str(REPO))
+        # Provider credentials come only from `env`: none of the machine's may leak in.
+        for name in [k for k in self.env if k.startswith(("AWS_", "AZURE_"))]:
+            del self.env[name]
+        self.env.update(env or {})
         self.api: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
         self.redis = redis.Redis.from_url(redis_url)
@@ -126,7 +139,7 @@ base_url = "http://127.0.0.1:9/v1"
         while time.monotonic() < deadline:
             try:
                 health = httpx.get(f"{self.base_url}/health", timeout=1).json()
-                if health["workers"].get("openrouter") and health["workers"].get("local"):
+                if all(health["workers"].get(name) for name in self.worker_providers):
                     return self
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
@@ -138,7 +151,7 @@ base_url = "http://127.0.0.1:9/v1"
         raise RuntimeError(f"gateway did not become healthy in {START_TIMEOUT}s:\n{self.logs()}")
 
     def start_worker(self) -> None:
-        self.worker = self._spawn("worker", "--provider", "openrouter", "--provider", "local")
+        self.worker = self._spawn("worker", *(arg for name in self.worker_providers for arg in ("--provider", name)))
 
     def kill_worker(self) -> None:
         if self.worker and self.worker.poll() is None:

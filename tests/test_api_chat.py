@@ -122,7 +122,7 @@ def test_tool_call_stream_reassembles(gateway):
                 if delta.function and delta.function.arguments:
                     entry["arguments"] += delta.function.arguments
     assert finish == "tool_calls"
-    assert calls[0]["id"] == "call_mock1" and calls[0]["name"] == "get_weather"
+    assert calls[0]["id"] == "call_mock0" and calls[0]["name"] == "get_weather"
     assert json.loads(calls[0]["arguments"]) == {"city": "Oslo"}
 
 

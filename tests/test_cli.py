@@ -39,7 +39,7 @@ def test_auth_token_mints_a_token_for_the_local_key(tmp_path):
     ("[gateway]\nqueue_timeout = 'soon'\n", "gateway.queue_timeout"),
     ("[gateway]\nbogus = 1\n", "gateway.bogus"),
     ("[gateway\n", "not valid TOML"),
-    ("[gateway.providers.bedrock]\nenabled = true\n", "gateway.providers.bedrock.enabled"),
+    ("[gateway.providers.foundry]\nenabled = true\n", "gateway.providers.foundry.endpoint"),
     ("[gateway.providers.mine]\nkind = 'openai'\n", "gateway.providers.mine.base_url"),
     ("[gateway]\nregistry_overlay = './missing.toml'\n", "missing.toml"),
     ("[gateway]\nregistry_overlay = './bad.toml'\n", 'aliases."x".strategy'),

@@ -5,14 +5,15 @@ import pytest
 from shared.config import (
     DEFAULT_BIND,
     ConfigError,
-    ProviderSettings,
     Settings,
     find_config_file,
     load_settings,
     split_bind,
 )
+from workers.providers.openai_compat import OpenAISettings
+from workers.providers.openrouter import OpenRouterSettings
 
-OPENROUTER_DEFAULT = ProviderSettings(
+OPENROUTER_DEFAULT = OpenRouterSettings(
     name="openrouter",
     kind="openrouter",
     enabled=True,
@@ -199,9 +200,9 @@ def test_foundry_endpoint_and_aws_region_from_env(tmp_path: Path) -> None:
          "AZURE_FOUNDRY_API_KEY": "azkey-123456"},
     )
 
-    assert from_file.providers["foundry"].base_url == "https://file.azure.example"
+    assert from_file.providers["foundry"].endpoint == "https://file.azure.example"
     assert from_file.providers["bedrock"].region == "eu-west-1"
-    assert from_env.providers["foundry"].base_url == "https://env.azure.example"
+    assert from_env.providers["foundry"].endpoint == "https://env.azure.example"
     assert from_env.providers["foundry"].api_key == "azkey-123456"
     assert from_env.providers["bedrock"].region == "ap-south-1"
     # Cloud providers parse but stay off until asked; OpenRouter is still there by default.
@@ -295,7 +296,7 @@ def test_generic_openai_provider(tmp_path: Path) -> None:
         {"LOCAL_KEY": "local-secret-1"},
     )
 
-    assert settings.providers["local"] == ProviderSettings(
+    assert settings.providers["local"] == OpenAISettings(
         name="local",
         kind="openai",
         enabled=True,
@@ -424,16 +425,6 @@ def test_bad_provider_name(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[gateway.providers."my host"]\nkind = "openai"\nbase_url = "http://h"\n')
 
     assert "gateway.providers.my host" in message
-
-
-@pytest.mark.parametrize("kind", ["bedrock", "foundry"])
-def test_enabling_an_unshipped_provider(tmp_path: Path, kind: str) -> None:
-    message = config_error(
-        tmp_path, f'[gateway.providers.{kind}]\nenabled = true\nbase_url = "https://x.example"\n'
-    )
-
-    assert f"gateway.providers.{kind}.enabled" in message
-    assert "not available in this release" in message
 
 
 def test_openai_kind_without_base_url(tmp_path: Path) -> None:

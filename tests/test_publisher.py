@@ -214,7 +214,7 @@ def test_finish_with_an_error_carries_a_wire_error() -> None:
     check_sequence(replies, "req-err")
     final = replies[-1]
     assert final.kind == "error"
-    assert final.error == WireError("ProviderError", "x", 429, "upstream_refused", None, "3")
+    assert final.error == WireError("ProviderError", "x", 429, "upstream_refused", None, "3", True)
     back = final.error.to_exception()
     assert type(back) is ProviderError
     assert (back.message, back.status, back.code, back.type) == ("x", 429, "upstream_refused", "provider_error")

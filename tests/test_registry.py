@@ -1,4 +1,5 @@
 import asyncio
+import re
 import http.server
 import socket
 import threading
@@ -75,8 +76,16 @@ def test_defaults_have_sane_prices_and_routes() -> None:
             assert model.cached_input_price_per_mtok < model.input_price_per_mtok, model.id
         assert model.routes, model.id
         for route in model.routes:
-            assert route.provider == "openrouter"
-            assert route.model.count("/") == 1, route.model
+            assert route.provider in ("openrouter", "bedrock", "foundry"), route
+            if route.provider == "openrouter":
+                assert route.model.count("/") == 1, route.model
+            elif route.provider == "bedrock":
+                assert re.fullmatch(r"([a-z]+\.)?[a-z]+\.[a-z0-9.\-]+(:\d+)?", route.model), route.model
+            else:
+                assert "/" not in route.model, route.model
+        # A gateway with one OpenRouter key serves every model but Bedrock's own embedders.
+        providers = {route.provider for route in model.routes}
+        assert "openrouter" in providers or providers == {"bedrock"}, model.id
         if model.supports("embeddings"):
             assert model.capabilities == {"embeddings"}, model.id
             assert model.output_price_per_mtok == 0.0, model.id
@@ -92,9 +101,13 @@ def test_default_model_values() -> None:
     assert (mini.owned_by, mini.context_window) == ("openai", 128000)
     assert (mini.input_price_per_mtok, mini.output_price_per_mtok) == (0.15, 0.60)
     assert mini.cached_input_price_per_mtok == 0.075
-    assert mini.routes == (Route(provider="openrouter", model="openai/gpt-4o-mini"),)
+    assert mini.routes == (Route(provider="foundry", model="gpt-4o-mini"),
+                           Route(provider="openrouter", model="openai/gpt-4o-mini"))
     assert mini.capabilities == {"chat", "tools", "vision", "streaming"}
-    assert models["claude-3-5-sonnet"].routes[0].model == "anthropic/claude-3.5-sonnet"
+    assert models["claude-3-5-sonnet"].routes[-1].model == "anthropic/claude-3.5-sonnet"
+    assert models["claude-3-haiku"].routes == (Route("bedrock", "anthropic.claude-3-haiku-20240307-v1:0"),
+                                               Route("openrouter", "anthropic/claude-3-haiku"))
+    assert models["titan-embed-text-v2"].routes == (Route("bedrock", "amazon.titan-embed-text-v2:0"),)
     assert models["claude-3-haiku"].input_price_per_mtok == 0.25
     assert models["gpt-4"].output_price_per_mtok == 60.0
     assert models["text-embedding-3-small"].input_price_per_mtok == 0.02
@@ -424,15 +437,16 @@ def test_restricted_to_drops_routes_models_and_alias_targets() -> None:
     openrouter = registry.restricted_to({"openrouter"})
     assert "mine" not in openrouter.models
     assert openrouter.models["gpt-4o"].routes == (Route("openrouter", "openai/gpt-4o"),)
-    assert openrouter.models["gpt-4o-mini"] is registry.models["gpt-4o-mini"]
+    assert openrouter.models["gpt-4"] is registry.models["gpt-4"]
     assert openrouter.aliases["mixed"].targets == ("gpt-4o", "gpt-4o-mini")
     assert "local-only" not in openrouter.aliases
     assert openrouter.lookup("local-only") == (None, [])
 
     foundry_and_local = registry.restricted_to(["foundry", "local"])
-    assert set(foundry_and_local.models) == {"gpt-4o", "mine"}
+    assert set(foundry_and_local.models) == {"gpt-4o", "mine", "gpt-4o-mini", "gpt-4.1", "text-embedding-3-small",
+                                             "text-embedding-3-large"}
     assert foundry_and_local.models["gpt-4o"].routes == (Route("foundry", "gpt-4o"),)
-    assert targets(foundry_and_local, "mixed") == ["mine", "gpt-4o"]
+    assert targets(foundry_and_local, "mixed") == ["mine", "gpt-4o", "gpt-4o-mini"]
     assert targets(foundry_and_local, "local-only") == ["mine"]
 
     nothing = registry.restricted_to(())
@@ -441,6 +455,20 @@ def test_restricted_to_drops_routes_models_and_alias_targets() -> None:
     # The original is untouched.
     assert len(registry.models["gpt-4o"].routes) == 2
     assert registry.aliases["mixed"].targets == ("mine", "gpt-4o", "gpt-4o-mini")
+
+
+def test_routes_of_providers_without_credentials_go_last() -> None:
+    registry = load_registry()
+
+    both = registry.restricted_to(["openrouter", "bedrock"])
+    no_aws = registry.restricted_to(["openrouter", "bedrock"], lacking_credentials=["bedrock"])
+    no_keys = registry.restricted_to(["openrouter", "bedrock"], lacking_credentials=["bedrock", "openrouter"])
+
+    haiku = "claude-3-haiku"
+    assert [r.provider for r in both.models[haiku].routes] == ["bedrock", "openrouter"]
+    assert [r.provider for r in no_aws.models[haiku].routes] == ["openrouter", "bedrock"]
+    # Nobody can sign in: the declared order stands, and the worker says what is missing.
+    assert [r.provider for r in no_keys.models[haiku].routes] == ["bedrock", "openrouter"]
 
 
 def test_restricted_to_rejects_a_bare_string() -> None:

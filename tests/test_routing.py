@@ -69,7 +69,8 @@ class FakeCounter:
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return load_registry(OVERLAY, "test-overlay.toml")
+    # As a gateway with only these two providers enabled sees it.
+    return load_registry(OVERLAY, "test-overlay.toml").restricted_to(["openrouter", "local"])
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ ROUNDS = 2
 @pytest.fixture
 def slow_upstream():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mock_upstream", "--port", str(port), "--api-key", LOCAL_KEY],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mocks.openai", "--port", str(port), "--api-key", LOCAL_KEY],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 20

@@ -15,7 +15,7 @@ from shared.errors import GatewayError, ProviderError, UpstreamTimeout
 from workers.providers.http import BearerAuth, Timeouts, UpstreamHTTP, map_upstream_errors
 from workers.providers.sse import SSEDecoder
 
-from .mock_upstream import MockUpstream
+from .mocks.openai import MockUpstream
 
 KEY = "sk-upstream-http-test"
 

@@ -228,9 +228,10 @@ class WorkerProcess:
         for name in names:
             if name not in enabled:
                 raise GatewayError(f"provider {name!r} is not enabled in {settings.source}")
-            if enabled[name].api_key_env and not enabled[name].api_key:
+            missing = enabled[name].missing_credentials()
+            if missing:
                 raise GatewayError(
-                    f"provider {name!r} has no API key: set {enabled[name].api_key_env} "
+                    f"provider {name!r} has no credentials: {missing} "
                     f"(or set enabled = false in [gateway.providers.{name}])"
                 )
         self.settings = settings

@@ -1,22 +1,39 @@
-"""Provider modules, one per upstream wire format, chosen by a provider table's ``kind``."""
+"""Provider modules, one per upstream wire format, chosen by a provider table's ``kind``.
+
+``KINDS`` is the one list of them: each module defines its :class:`~.base.Provider` subclass
+and that class's settings type. Modules are imported when first asked for, so a process that
+only reads the config does not load every provider's client libraries.
+"""
 
 from __future__ import annotations
 
-from shared.config import ProviderSettings
+import importlib
 
-from .base import Provider
-from .http import UpstreamHTTP
-from .openai_compat import OpenAICompatProvider
-from .openrouter import OpenRouterProvider
+from .base import Provider, ProviderSettings, SettingError
 
-PROVIDER_CLASSES: dict[str, type[Provider]] = {
-    OpenAICompatProvider.kind: OpenAICompatProvider,
-    OpenRouterProvider.kind: OpenRouterProvider,
+# kind -> "module:ProviderClass"
+KINDS: dict[str, str] = {
+    "openrouter": "workers.providers.openrouter:OpenRouterProvider",
+    "openai": "workers.providers.openai_compat:OpenAICompatProvider",
+    "bedrock": "workers.providers.bedrock:BedrockProvider",
+    "foundry": "workers.providers.foundry:FoundryProvider",
 }
 
 
-def build_provider(settings: ProviderSettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> Provider:
-    return PROVIDER_CLASSES[settings.kind](settings, http, secrets)
+def provider_class(kind: str) -> type[Provider]:
+    module, _, name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["Provider", "UpstreamHTTP", "build_provider", "PROVIDER_CLASSES"]
+def settings_type(kind: str) -> type[ProviderSettings]:
+    return provider_class(kind).settings_type
+
+
+def build_provider(settings: ProviderSettings, http, secrets: tuple[str, ...]) -> Provider:
+    """The provider serving ``settings``' table, on the worker process's shared client."""
+    assert settings.kind is not None
+    return provider_class(settings.kind)(settings, http, secrets)
+
+
+__all__ = ["KINDS", "Provider", "ProviderSettings", "SettingError", "build_provider", "provider_class",
+           "settings_type"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from shared.errors import GatewayError, ProviderError, UpstreamTimeout
 
@@ -157,7 +158,7 @@ class UpstreamHTTP:
                 response._time_out()
 
     @contextlib.asynccontextmanager
-    async def stream(self, method: str, url: str, *, content: bytes | None = None,
+    async def stream(self, method: str, url: str | URL, *, content: bytes | None = None,
                      headers: dict[str, str] | None = None,
                      auth: httpx.Auth | None = None) -> AsyncIterator[UpstreamResponse]:
         """Send a request and yield its response with the body unread.
@@ -177,7 +178,8 @@ class UpstreamHTTP:
             flow = auth.async_auth_flow(request)
             request = await flow.__anext__()
             await flow.aclose()
-            method, url, content = request.method, str(request.url), request.content
+            # `encoded=True`: the path goes out exactly as signed (SigV4 signs `%3A`, not `:`).
+            method, url, content = request.method, URL(str(request.url), encoded=True), request.content
             sent_headers = CIMultiDict(request.headers.multi_items())
         # Until the response's head arrives, the read timeout is one timer for the request.
         async with asyncio.timeout(self.timeouts.read):

@@ -2,19 +2,25 @@
 
 The bodies pass through almost as they are; what this module owns is the HTTP exchange,
 reading Server-Sent Events leniently, and mapping upstream errors into ours.
+
+Its table::
+
+    [gateway.providers.local]
+    kind = "openai"
+    base_url = "http://localhost:8000/v1"   # or `endpoint`
+    api_key_env = "LOCAL_API_KEY"           # the variable holding the key, if the upstream wants one
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Self
 
 import msgspec
 
-from shared.config import ProviderSettings
 from shared.errors import GatewayError, InvalidRequest, ProviderError, UpstreamTimeout, redact
 
-from .base import Provider
+from .base import Provider, ProviderSettings, SettingError, http_url
 from .http import BearerAuth, UpstreamHTTP, UpstreamResponse
 from .sse import SSEDecoder
 
@@ -22,10 +28,46 @@ _json = msgspec.json.Decoder()
 _encode = msgspec.json.encode
 
 
+class OpenAISettings(ProviderSettings, frozen=True, kw_only=True):
+    """``base_url`` (``endpoint`` is another name for it), and the key: read from the variable named
+    by ``api_key_env`` (or given as ``api_key``, which the variable overrides)."""
+
+    base_url: str | None = None
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = None
+
+    enabled_by_default: ClassVar[bool] = True
+    default_base_url: ClassVar[str | None] = None
+    default_api_key_env: ClassVar[str | None] = None
+
+    def resolve(self, env: Mapping[str, str]) -> Self:
+        resolved = super().resolve(env)
+        if self.base_url and self.endpoint and self.base_url != self.endpoint:
+            raise SettingError("endpoint", "set base_url or endpoint, not both")
+        base_url = self.base_url or self.endpoint or self.default_base_url
+        if resolved.enabled:
+            base_url = http_url("base_url", base_url)
+        key_env = self.api_key_env or self.default_api_key_env
+        api_key = (env.get(key_env) if key_env else None) or self.api_key
+        return msgspec.structs.replace(resolved, base_url=base_url.rstrip("/") if base_url else None,
+                                       endpoint=None, api_key_env=key_env, api_key=api_key)
+
+    def missing_credentials(self) -> str | None:
+        if self.api_key_env and not self.api_key:
+            return f"set {self.api_key_env}"
+        return None
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.api_key,) if self.api_key else ()
+
+
 class OpenAICompatProvider(Provider):
     kind = "openai"
+    settings_type = OpenAISettings
+    settings: OpenAISettings
 
-    def __init__(self, settings: ProviderSettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> None:
+    def __init__(self, settings: OpenAISettings, http: UpstreamHTTP, secrets: tuple[str, ...]) -> None:
         super().__init__(settings, http, secrets)
         self.auth = BearerAuth(settings.api_key) if settings.api_key else None
         self._headers = self.headers()
@@ -33,22 +75,27 @@ class OpenAICompatProvider(Provider):
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", **self.settings.headers}
 
-    def url(self, path: str) -> str:
-        return f"{self.settings.base_url}/{path}"
+    def url(self, operation: str, body: dict[str, Any]) -> str:
+        """Where ``operation`` (``chat/completions`` or ``embeddings``) of this body is sent.
+
+        An upstream that names its model in the URL takes it from ``body["model"]`` here.
+        """
+        return f"{self.settings.base_url}/{operation}"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = await self._post_json("chat/completions", body)
+        data = await self._post_json(self.url("chat/completions", body), body)
         self.check_body(data)
         return self.normalize_completion(data)
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = await self._post_json("embeddings", body)
+        data = await self._post_json(self.url("embeddings", body), body)
         self.check_body(data)
         return data
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        url = self.url("chat/completions", body)
         with self.upstream_errors():
-            async with self.http.stream("POST", self.url("chat/completions"), content=_encode(body),
+            async with self.http.stream("POST", url, content=_encode(body),
                                         headers=self._headers, auth=self.auth) as response:
                 if response.status_code >= 400:
                     raise self.error_from_response(response, await response.aread())
@@ -70,7 +117,9 @@ class OpenAICompatProvider(Provider):
                         if not isinstance(chunk, dict):
                             raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
                         self.check_chunk(chunk)
-                        yield self.normalize_chunk(chunk)
+                        normalized = self.normalize_chunk(chunk)
+                        if normalized is not None:
+                            yield normalized
                     if not data:
                         return
 
@@ -79,7 +128,8 @@ class OpenAICompatProvider(Provider):
     def normalize_completion(self, data: dict[str, Any]) -> dict[str, Any]:
         return data
 
-    def normalize_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+    def normalize_chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """The chunk as the client should see it; None drops it (an upstream's own annotations)."""
         return chunk
 
     def check_body(self, data: Any) -> None:
@@ -99,9 +149,9 @@ class OpenAICompatProvider(Provider):
 
     # -- errors ------------------------------------------------------------------------------
 
-    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+    async def _post_json(self, url: str, body: dict[str, Any]) -> Any:
         with self.upstream_errors():
-            response, content = await self.http.request("POST", self.url(path), content=_encode(body),
+            response, content = await self.http.request("POST", url, content=_encode(body),
                                                         headers=self._headers, auth=self.auth)
         if response.status_code >= 400:
             raise self.error_from_response(response, content)
@@ -120,7 +170,9 @@ class OpenAICompatProvider(Provider):
             error = payload if isinstance(payload, dict) else {"message": content[:500].decode("utf-8", "replace")}
         exc = self.error_from_payload(response.status_code, error)
         retry_after = response.headers.get("retry-after")
-        if retry_after and exc.status == 429:
+        if not retry_after and response.headers.get("retry-after-ms", "").isdigit():
+            retry_after = str(max(1, round(int(response.headers["retry-after-ms"]) / 1000)))
+        if retry_after and exc.status in (429, 503):
             exc.headers["Retry-After"] = retry_after
         return exc
 
@@ -141,4 +193,7 @@ class OpenAICompatProvider(Provider):
             return ProviderError(text, status=429, code=code or "rate_limit_exceeded")
         if status in (408, 504):
             return UpstreamTimeout(text)
+        if 400 <= status < 500:
+            # Credentials, permissions, a model the upstream does not have: asking again will not help.
+            return ProviderError(text, code="provider_error", retryable=False)
         return ProviderError(text, code="provider_error")

@@ -6,16 +6,24 @@ client sees OpenAI's shape; usage is always sent, so metering needs nothing spec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from .openai_compat import OpenAICompatProvider
+from .openai_compat import OpenAICompatProvider, OpenAISettings
 
 # Attribution headers OpenRouter shows on its dashboards; the user can override them in config.
 _ATTRIBUTION = {"HTTP-Referer": "https://github.com/reactor-gateway", "X-Title": "Reactor Gateway"}
 
 
+class OpenRouterSettings(OpenAISettings, frozen=True, kw_only=True):
+    """OpenRouter's table: on by default, its key in ``OPENROUTER_API_KEY``."""
+
+    default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
+    default_api_key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
+
+
 class OpenRouterProvider(OpenAICompatProvider):
     kind = "openrouter"
+    settings_type = OpenRouterSettings
 
     def headers(self) -> dict[str, str]:
         return {**_ATTRIBUTION, **super().headers()}

@@ -1,21 +1,21 @@
 """An in-process fake of an OpenAI-compatible upstream (OpenAI itself, or OpenRouter).
 
-Tests steer each reply with directives written into the last user message, e.g.
-``"hi #chunks=5 #delay=20"``; see ``DIRECTIVES``. Every request is recorded as a
-``Received`` so a test can check what the gateway forwarded, how much of a stream
-went out, and whether the gateway hung up.
+What to answer is decided by :func:`tests.mocks.script.plan`, shared by every provider's mock, so
+the same prompt gets the same answer whichever provider serves it; this module only turns an
+OpenAI request into a :class:`~tests.mocks.script.Conversation` and writes the resulting plan as
+OpenAI (or OpenRouter) bodies and chunks. Tests steer each answer with directives in the last user
+message, e.g. ``"hi #chunks=5 #delay=20"`` (see ``script.py``). Every request is recorded as a
+``Received`` so a test can check what the gateway forwarded, how much of a stream went out, and
+whether the gateway hung up.
 
-Standalone: ``python -m tests.mock_upstream --port 18001 [--flavour openrouter] [--api-key K]``.
+Standalone: ``python -m tests.mocks.openai --port 18001 [--flavour openrouter] [--api-key K]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import math
-import random
-import re
 import socket
 import struct
 import threading
@@ -33,6 +33,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from .script import (
+    MIDSTREAM_ERROR_AFTER,
+    BadRequest,
+    Conversation,
+    Plan,
+    ToolCallPlan,
+    embedding_vector,
+    parse_directives,
+    plan,
+)
+
 Flavour = Literal["openai", "openrouter"]
 
 DEFAULT_API_KEY = "sk-mock-upstream"
@@ -43,30 +54,6 @@ GRACEFUL_SHUTDOWN = 0.5
 STOP_POLL = 0.05
 ROUTE_PREFIXES = ("", "/v1", "/api/v1")
 
-DIRECTIVES = frozenset(
-    {
-        "chunks",
-        "delay",
-        "hang",
-        "status",
-        "midstream_error",
-        "error_in_200",
-        "no_usage",
-        "tools",
-        "echo_body",
-        "cached",
-    }
-)
-_DIRECTIVE_RE = re.compile(r"(?<!\S)#(" + "|".join(sorted(DIRECTIVES)) + r")(?:=(\S*))?(?!\S)")
-# Directives that carry a number; the rest are bare flags.
-_INT_DIRECTIVES = frozenset({"chunks", "delay", "status", "cached"})
-
-REPLY_PREFIX = "Hello from mock: "
-TOOL_CALL_ID = "call_mock1"
-TOOL_ARGUMENTS = '{"city": "Oslo"}'
-TOOL_COMPLETION_TOKENS = 7
-TOOL_ARGUMENT_FRAGMENTS = 4
-MIDSTREAM_ERROR_AFTER = 2
 EMBEDDING_DIMENSIONS = 8
 OPENROUTER_PROVIDER = "MockAI"
 OPENROUTER_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
@@ -95,10 +82,6 @@ class Received(msgspec.Struct):
     usage: dict[str, Any] | None = None
 
 
-class _BadRequest(Exception):
-    """The request can't be answered as asked; becomes a 400 in the flavour's error shape."""
-
-
 def _message_text(message: Any) -> str:
     """The text of a message: its content string, or its text parts joined by spaces."""
     if not isinstance(message, dict):
@@ -109,40 +92,6 @@ def _message_text(message: Any) -> str:
     if isinstance(content, list):
         return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
-
-
-def parse_directives(text: str) -> tuple[dict[str, int | None], str]:
-    """Split ``text`` into its directives and the remaining text (whitespace collapsed).
-
-    text: the last user message's text. Numbers are parsed here so a typo fails loudly as a 400.
-    """
-    found: dict[str, int | None] = {}
-    for match in _DIRECTIVE_RE.finditer(text):
-        name, value = match.group(1), match.group(2)
-        if name in _INT_DIRECTIVES:
-            if value is None or not value.isdigit():
-                raise _BadRequest(f"directive #{name} needs a non-negative integer, got {value!r}")
-            found[name] = int(value)
-        else:
-            found[name] = None
-    return found, " ".join(_DIRECTIVE_RE.sub(" ", text).split())
-
-
-def _chat_usage(messages: list[Any], completion_tokens: int, cached: int) -> dict[str, Any]:
-    # Deterministic stand-in for a tokenizer, so tests can predict the numbers exactly.
-    prompt = sum(len(_message_text(m).split()) for m in messages) + 3 * len(messages)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "completion_tokens_details": {"reasoning_tokens": 0},
-    }
-
-
-def _split(text: str, parts: int) -> list[str]:
-    size = math.ceil(len(text) / parts)
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _embedding_inputs(raw: Any) -> list[str] | list[list[int]]:
@@ -160,15 +109,7 @@ def _embedding_inputs(raw: Any) -> list[str] | list[list[int]]:
             return [raw]
         if all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in raw):
             return raw
-    raise _BadRequest("input must be a string, a list of strings, a list of ints or a list of int lists")
-
-
-def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
-    """A unit vector that depends only on ``item`` and ``dimensions``; exposed so tests can predict it."""
-    rng = random.Random(hashlib.sha256(msgspec.json.encode(item)).digest())
-    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
+    raise BadRequest("input must be a string, a list of strings, a list of ints or a list of int lists")
 
 
 class _EventStream(StreamingResponse):
@@ -425,7 +366,7 @@ class MockUpstream:
 
     def _status_directive(self, status: int) -> JSONResponse:
         if not 400 <= status <= 599:
-            raise _BadRequest(f"#status must be an HTTP error code, got {status}")
+            raise BadRequest(f"#status must be an HTTP error code, got {status}")
         message = f"mock error {status}"
         if status == 401:
             # The key is echoed unmasked on purpose: gateway tests check that it gets redacted.
@@ -470,59 +411,29 @@ class MockUpstream:
             return denied
         try:
             return await self._answer_chat(request, record)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return self._error(400, str(exc))
 
     async def _answer_chat(self, request: Request, record: Received) -> Response:
         body = record.body
         if body is None or not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
-            raise _BadRequest("body must be a JSON object with a string 'model' and a list 'messages'")
-        messages: list[Any] = body["messages"]
-        last_user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
-        directives, text = parse_directives(_message_text(last_user))
-
+            raise BadRequest("body must be a JSON object with a string 'model' and a list 'messages'")
+        conversation = _conversation(body)
+        # Checked before planning, so an error status wins over anything else the prompt asks for.
+        directives, _ = parse_directives(conversation.last_user_text)
         if "status" in directives:
             return self._status_directive(directives["status"] or 0)
-
-        tool_name: str | None = None
-        if "tools" in directives:
-            tools = body.get("tools")
-            try:
-                tool_name = tools[0]["function"]["name"]
-            except (TypeError, LookupError):
-                raise _BadRequest("#tools needs at least one function in the request's 'tools'") from None
-            pieces: list[str] = []
-            completion_tokens = TOOL_COMPLETION_TOKENS
-        else:
-            if "echo_body" in directives:
-                content = msgspec.json.encode(body).decode()
-            elif "chunks" in directives:
-                content = "".join(f"tok{i} " for i in range(directives["chunks"] or 0))
-            else:
-                content = REPLY_PREFIX + text
-            # One word plus its trailing whitespace per chunk, so the chunks join back to `content`.
-            pieces = re.findall(r"\S+\s*", content)
-            completion_tokens = len(pieces)
-
-        record.usage = _chat_usage(messages, completion_tokens, directives.get("cached") or 0)
+        echo = msgspec.json.encode(body).decode() if "echo_body" in directives else None
+        answer = plan(conversation, echo=echo)
+        record.usage = answer.usage()
         reply = _ChatReply(self.flavour, body["model"])
-        delay = (directives.get("delay") or 0) / 1000
         if record.stream:
-            events = self._chat_events(reply, record, directives, pieces, tool_name, delay)
-            return _EventStream(events, record, reply.headers())
-        return await self._chat_body(request, reply, record, directives, pieces, tool_name, delay)
+            return _EventStream(self._chat_events(reply, record, answer), record, reply.headers())
+        return await self._chat_body(request, reply, record, answer)
 
-    async def _chat_body(
-        self,
-        request: Request,
-        reply: _ChatReply,
-        record: Received,
-        directives: dict[str, int | None],
-        pieces: list[str],
-        tool_name: str | None,
-        delay: float,
-    ) -> Response:
-        wait = math.inf if "hang" in directives else delay
+    async def _chat_body(self, request: Request, reply: _ChatReply, record: Received, answer: Plan) -> Response:
+        directives = answer.directives
+        wait = math.inf if "hang" in directives else answer.delay
         if wait and await self._client_left_during(request, wait):
             record.disconnected = True
             # Nobody is left to read this; uvicorn drops it. 499 is nginx's "client closed request".
@@ -533,30 +444,21 @@ class MockUpstream:
             record.completed = True
             return JSONResponse({"error": {"code": 502, "message": "upstream model failed"}})
 
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces), "refusal": None}
-        finish_reason = "stop"
-        if tool_name is not None:
-            message["content"] = None
-            message["tool_calls"] = [_tool_call(tool_name)]
-            finish_reason = "tool_calls"
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+        if answer.tool_calls:
+            message["content"] = answer.text or None
+            message["tool_calls"] = [_tool_call(call) for call in answer.tool_calls]
         out = reply.envelope("chat.completion")
         out["system_fingerprint"] = "fp_mock"
-        out["choices"] = [reply.choice(finish_reason, message=message, logprobs=None)]
+        out["choices"] = [reply.choice(answer.finish, message=message, logprobs=None)]
         if "no_usage" not in directives and record.usage is not None:
             out["usage"] = reply.usage(record.usage)
         record.completed = True
         return JSONResponse(out, headers=reply.headers())
 
-    async def _chat_events(
-        self,
-        reply: _ChatReply,
-        record: Received,
-        directives: dict[str, int | None],
-        pieces: list[str],
-        tool_name: str | None,
-        delay: float,
-    ) -> AsyncIterator[bytes]:
+    async def _chat_events(self, reply: _ChatReply, record: Received, answer: Plan) -> AsyncIterator[bytes]:
         body = record.body or {}
+        directives = answer.directives
         openrouter = self.flavour == "openrouter"
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
@@ -570,16 +472,15 @@ class MockUpstream:
                 out["usage"] = None
             return _sse(out)
 
-        deltas: list[dict[str, Any]]
-        if tool_name is not None:
-            head = _tool_call(tool_name, arguments="")
-            deltas = [{"tool_calls": [{"index": 0, **head}]}]
+        deltas: list[dict[str, Any]] = [{"content": piece} for piece in answer.pieces]
+        for index, call in enumerate(answer.tool_calls):
+            # As OpenAI streams parallel calls: one after the other, each opened by a delta that
+            # names it (arguments empty), then argument fragments that carry only its index.
+            deltas.append({"tool_calls": [{"index": index, **_tool_call(call, arguments="")}]})
             deltas += [
-                {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
-                for fragment in _split(TOOL_ARGUMENTS, TOOL_ARGUMENT_FRAGMENTS)
+                {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+                for fragment in call.fragments()
             ]
-        else:
-            deltas = [{"content": piece} for piece in pieces]
         if "hang" in directives:
             deltas = deltas[:1]
         elif "midstream_error" in directives:
@@ -587,10 +488,10 @@ class MockUpstream:
 
         if openrouter:
             yield OPENROUTER_KEEPALIVE
-        await anyio.sleep(delay)
+        await anyio.sleep(answer.delay)
         yield chunk({"role": "assistant", "content": ""})
         for index, delta in enumerate(deltas):
-            await anyio.sleep(delay)
+            await anyio.sleep(answer.delay)
             if openrouter and index % 2 == 1:
                 yield OPENROUTER_KEEPALIVE
             yield chunk(delta)
@@ -608,7 +509,7 @@ class MockUpstream:
             record.completed = True
             return
 
-        yield chunk({}, "tool_calls" if tool_name is not None else "stop")
+        yield chunk({}, answer.finish)
         if usage_on and "no_usage" not in directives and record.usage is not None:
             out = reply.envelope("chat.completion.chunk")
             out["choices"] = []
@@ -638,18 +539,18 @@ class MockUpstream:
             return denied
         try:
             return await self._answer_embeddings(request, record)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return self._error(400, str(exc))
 
     async def _answer_embeddings(self, request: Request, record: Received) -> Response:
         body = record.body
         if body is None or not isinstance(body.get("model"), str):
-            raise _BadRequest("body must be a JSON object with a string 'model'")
+            raise BadRequest("body must be a JSON object with a string 'model'")
         inputs = _embedding_inputs(body.get("input"))
         dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-            raise _BadRequest("dimensions must be a positive integer")
-        # Not in the brief for embeddings, but lets gateway tests provoke errors and slowness here too.
+            raise BadRequest("dimensions must be a positive integer")
+        # Real embeddings have no directives; these let gateway tests provoke errors and slowness here too.
         directives, _ = parse_directives(" ".join(i for i in inputs if isinstance(i, str)))
         if "status" in directives:
             return self._status_directive(directives["status"] or 0)
@@ -675,8 +576,49 @@ class MockUpstream:
         return JSONResponse({"object": "list", "data": data, "model": body["model"], "usage": usage})
 
 
-def _tool_call(name: str, arguments: str = TOOL_ARGUMENTS) -> dict[str, Any]:
-    return {"id": TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": arguments}}
+def _tool_call(call: ToolCallPlan, arguments: str | None = None) -> dict[str, Any]:
+    """A planned tool call in OpenAI's shape; ``arguments`` overrides the planned ones (a stream's head)."""
+    function = {"name": call.name, "arguments": call.arguments if arguments is None else arguments}
+    return {"id": call.id, "type": "function", "function": function}
+
+
+def _conversation(body: dict[str, Any]) -> Conversation:
+    """An OpenAI chat request in the neutral terms the plan is made from."""
+    messages: list[Any] = body["messages"]
+    user_texts = [_message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    last_user_text = next((text for text in reversed(user_texts) if text), "")
+    tool_results: list[str] = []
+    for message in reversed(messages):
+        if not (isinstance(message, dict) and message.get("role") == "tool"):
+            break
+        tool_results.insert(0, _message_text(message))
+    tool_names: list[str] = []
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            tool_names.append(function["name"])
+    # max_completion_tokens is the current name; max_tokens the deprecated one, still widely sent.
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list):
+        stops = [s for s in stop if isinstance(s, str)]
+    else:
+        stops = []
+    return Conversation(
+        texts=[_message_text(m) for m in messages],
+        last_user_text=last_user_text,
+        tool_results=tool_results,
+        tool_names=tool_names,
+        max_tokens=max_tokens,
+        stop=stops,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,8 @@
-"""Tests of the mock upstream itself: raw wire format over httpx, and fidelity via the openai SDK."""
+"""Tests of the OpenAI-compatible mock itself: raw wire format over httpx, and fidelity via the openai SDK.
+
+The gateway's tests trust this mock to speak OpenAI's (and OpenRouter's) wire exactly and to render
+the shared plan of ``tests.mocks.script`` faithfully, so both are pinned here.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +23,8 @@ import httpx
 import openai
 import pytest
 
-from tests.mock_upstream import (
-    DEFAULT_API_KEY,
-    MockUpstream,
-    Received,
-    _BadRequest,
-    embedding_vector,
-    parse_directives,
-)
+from tests.mocks.openai import DEFAULT_API_KEY, MockUpstream, Received
+from tests.mocks.script import TOOL_RESULT_PREFIX, BadRequest, embedding_vector, parse_directives
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
 # Reads that should never take long; a hang shows up as a timeout rather than a stuck suite.
@@ -167,7 +165,7 @@ def test_standalone_entry_point() -> None:
         port = probe.getsockname()[1]
     args = ["--port", str(port), "--flavour", "openrouter", "--api-key", "k1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.mock_upstream", *args],
+        [sys.executable, "-m", "tests.mocks.openai", *args],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -249,7 +247,7 @@ def test_parse_directives() -> None:
     found, rest = parse_directives("say  #delay=20 hi #hang #cached=3 #unknown there#tools")
     assert found == {"delay": 20, "hang": None, "cached": 3}
     assert rest == "say hi #unknown there#tools"
-    with pytest.raises(_BadRequest):
+    with pytest.raises(BadRequest):
         parse_directives("#chunks=abc")
 
 
@@ -473,7 +471,7 @@ def test_tools_stream(mock: MockUpstream) -> None:
     calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
     assert calls[0] == {
         "index": 0,
-        "id": "call_mock1",
+        "id": "call_mock0",
         "type": "function",
         "function": {"name": "get_weather", "arguments": ""},
     }
@@ -491,7 +489,7 @@ def test_tools_non_stream(openai_mock: MockUpstream) -> None:
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] is None
     assert choice["message"]["tool_calls"] == [
-        {"id": "call_mock1", "type": "function", "function": {"name": "other", "arguments": '{"city": "Oslo"}'}}
+        {"id": "call_mock0", "type": "function", "function": {"name": "other", "arguments": '{"city": "Oslo"}'}}
     ]
     assert out["usage"]["completion_tokens"] == 7
 
@@ -519,6 +517,106 @@ def test_directives_only_from_last_user_message(openai_mock: MockUpstream) -> No
     out = post(openai_mock, "/chat/completions", body).json()
     assert out["choices"][0]["message"]["content"] == "tok0 tok1 "
     assert out["usage"]["prompt_tokens"] == 1 + 1 + 2 + 1 + 3 * 4
+
+
+def finish_reasons(events: list[Any]) -> list[str]:
+    return [e["choices"][0]["finish_reason"] for e in events if isinstance(e, dict) and e.get("choices")
+            and e["choices"][0]["finish_reason"]]
+
+
+@pytest.mark.parametrize("stop", ["STOP", ["zz", "d", "STOP"]])
+def test_stop_sequence_cuts_the_text(mock: MockUpstream, stop: str | list[str]) -> None:
+    # The earliest match wins, wherever it is in the list.
+    out = post(mock, "/chat/completions", chat("a b STOP c d", stop=stop)).json()
+    assert out["choices"][0]["message"]["content"] == "Hello from mock: a b "
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] == 5
+    _, lines = stream_lines(mock, chat("a b STOP c d", stop=stop))
+    events = data_events(lines)
+    assert "".join(contents(events)) == "Hello from mock: a b "
+    assert finish_reasons(events) == ["stop"]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_cuts_to_exactly_n_deltas_and_finishes_length(mock: MockUpstream, field: str) -> None:
+    _, lines = stream_lines(mock, chat("#chunks=10", stream_options={"include_usage": True}, **{field: 3}))
+    events = data_events(lines)
+    assert contents(events[1:]) == ["tok0 ", "tok1 ", "tok2 "]
+    assert finish_reasons(events) == ["length"]
+    assert events[-2]["usage"]["completion_tokens"] == 3
+    assert mock.received[-1].chunks_sent == 3
+    out = post(mock, "/chat/completions", chat("#chunks=10", **{field: 3})).json()
+    assert out["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+    assert out["choices"][0]["finish_reason"] == "length"
+
+
+def test_max_tokens_above_the_answer_changes_nothing(openai_mock: MockUpstream) -> None:
+    out = post(openai_mock, "/chat/completions", chat("#chunks=3", max_tokens=3)).json()
+    assert out["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+    assert out["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", True])
+def test_bad_max_tokens_is_400(openai_mock: MockUpstream, bad: Any) -> None:
+    assert post(openai_mock, "/chat/completions", chat("x", max_tokens=bad)).status_code == 400
+
+
+def test_parallel_tools_non_stream(mock: MockUpstream) -> None:
+    out = post(mock, "/chat/completions", chat("#tools=2", tools=TOOLS)).json()
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [
+        {"id": "call_mock0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+        {"id": "call_mock1", "type": "function", "function": {"name": "other", "arguments": '{"city": "Paris"}'}},
+    ]
+    assert out["usage"]["completion_tokens"] == 14
+
+
+def test_parallel_tools_stream(mock: MockUpstream) -> None:
+    _, lines = stream_lines(mock, chat("#tools=3", tools=TOOLS, stream_options={"include_usage": True}))
+    events = data_events(lines)
+    calls = [c for e in events[1:-1] if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls", [])]
+    heads = [c for c in calls if "id" in c]
+    assert heads == [
+        {"index": i, "id": f"call_mock{i}", "type": "function", "function": {"name": name, "arguments": ""}}
+        for i, name in enumerate(["get_weather", "other", "get_weather"])
+    ]
+    fragments = [c for c in calls if "id" not in c]
+    assert all(set(f) == {"index", "function"} and set(f["function"]) == {"arguments"} for f in fragments)
+    # Each call is opened, then streamed in full, before the next one starts.
+    assert [c["index"] for c in calls] == sorted(c["index"] for c in calls)
+    assembled = {
+        i: json.loads("".join(f["function"]["arguments"] for f in fragments if f["index"] == i)) for i in range(3)
+    }
+    assert assembled == {0: {"city": "Oslo"}, 1: {"city": "Paris"}, 2: {"city": "Lima"}}
+    assert finish_reasons(events) == ["tool_calls"]
+    assert events[-2]["usage"]["completion_tokens"] == 21
+    assert mock.received[-1].chunks_sent == len(calls)
+
+
+def test_tool_results_are_answered(mock: MockUpstream) -> None:
+    messages = [
+        {"role": "user", "content": "weather? #tools=2"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_mock0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+            {"id": "call_mock1", "type": "function", "function": {"name": "other", "arguments": "{}"}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_mock0", "content": '{"temp_c": 4}'},
+        {"role": "tool", "tool_call_id": "call_mock1", "content": [{"type": "text", "text": "sunny"}]},
+    ]
+    body = {"model": "m", "messages": messages, "tools": TOOLS}
+    out = post(mock, "/chat/completions", body).json()
+    assert out["choices"][0]["message"] == {
+        "role": "assistant", "content": TOOL_RESULT_PREFIX + '{"temp_c": 4}; sunny', "refusal": None
+    }
+    assert out["choices"][0]["finish_reason"] == "stop"
+    _, lines = stream_lines(mock, body)
+    events = data_events(lines)
+    assert "".join(contents(events)) == 'Tool results: {"temp_c": 4}; sunny'
+    assert finish_reasons(events) == ["stop"]
+    # Once the user speaks again, the directives count again.
+    again = post(mock, "/chat/completions", {**body, "messages": [*messages, {"role": "user", "content": "#chunks=1"}]})
+    assert again.json()["choices"][0]["message"]["content"] == "tok0 "
 
 
 # -- OpenRouter specifics ------------------------------------------------------------------------
@@ -641,7 +739,59 @@ def test_sdk_tool_stream_reassembled(mock: MockUpstream) -> None:
                 slot["name"] += (call.function.name or "") if call.function else ""
                 slot["arguments"] += (call.function.arguments or "") if call.function else ""
     assert finish == "tool_calls"
-    assert calls == {0: {"id": "call_mock1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert calls == {0: {"id": "call_mock0", "name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+
+
+STRICT_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    for name in ("get_weather", "get_time")
+]
+
+
+def test_sdk_stream_helper_assembles_parallel_tool_calls(mock: MockUpstream) -> None:
+    done: list[tuple[int, str, Any]] = []
+    with sdk(mock).chat.completions.stream(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "#tools=2"}], tools=STRICT_TOOLS
+    ) as stream:
+        for event in stream:
+            if event.type == "tool_calls.function.arguments.done":
+                done.append((event.index, event.name, event.parsed_arguments))
+        final = stream.get_final_completion()
+    assert done == [(0, "get_weather", {"city": "Oslo"}), (1, "get_time", {"city": "Paris"})]
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_mock0", "get_weather", '{"city": "Oslo"}'),
+        ("call_mock1", "get_time", '{"city": "Paris"}'),
+    ]
+    assert [c.function.parsed_arguments for c in calls] == [{"city": "Oslo"}, {"city": "Paris"}]
+
+
+def test_sdk_stream_helper_text_with_limit(mock: MockUpstream) -> None:
+    with sdk(mock).chat.completions.stream(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "#chunks=5"}], max_completion_tokens=2
+    ) as stream:
+        # The role chunk carries content "" (as OpenAI's does), which the helper reports as a delta too.
+        deltas = [event.delta for event in stream if event.type == "content.delta" and event.delta]
+        # The helper refuses to hand over a cut answer as final, but it has assembled it.
+        with pytest.raises(openai.LengthFinishReasonError) as caught:
+            stream.get_final_completion()
+    assert deltas == ["tok0 ", "tok1 "]
+    choice = caught.value.completion.choices[0]
+    assert choice.message.content == "tok0 tok1 " and choice.finish_reason == "length"
 
 
 def test_sdk_embeddings_float_and_default_base64(openai_mock: MockUpstream) -> None:
