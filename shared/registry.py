@@ -9,6 +9,7 @@ overlay (`ai-models.toml`, or one fetched from a URL) merged over them. Both are
     input_price_per_mtok = 0.15          # USD per million tokens
     output_price_per_mtok = 0.60
     cached_input_price_per_mtok = 0.075  # optional
+    cache_write_price_per_mtok = 0.1875  # optional; Anthropic's prompt-cache writes cost more than input
     latency_ms_hint = 450.0              # optional; read by the `fastest` strategy
     created = 1721260800                 # optional; unix seconds, shown by /ai/v1/models
     capabilities = ["chat", "tools", "vision", "streaming"]
@@ -28,7 +29,7 @@ How an overlay merges:
   gives the model exactly those routes.
 - A new id must give at least `routes` and `capabilities`. The rest default to: `owned_by` = the
   first route's provider; `context_window` = 0, meaning unknown; prices = 0.0, as for a self-hosted
-  model; `cached_input_price_per_mtok` and `latency_ms_hint` = None; `created` = `DEFAULT_CREATED`.
+  model; `cached_input_price_per_mtok`, `cache_write_price_per_mtok` and `latency_ms_hint` = None; `created` = `DEFAULT_CREATED`.
 - Aliases replace by name. Every alias target must be a model id after the merge (never another
   alias), there must be at least one, and an alias name may not also be a model id.
 
@@ -117,6 +118,8 @@ class Model(msgspec.Struct, frozen=True):
         input_price_per_mtok: USD per million prompt tokens.
         output_price_per_mtok: USD per million completion tokens.
         cached_input_price_per_mtok: USD per million prompt tokens read from the provider's cache.
+        cache_write_price_per_mtok: USD per million prompt tokens written to the provider's cache;
+            None bills them as ordinary input.
         latency_ms_hint: a rough time to first token, for the `fastest` strategy.
         created: unix seconds, for /ai/v1/models.
     """
@@ -129,6 +132,7 @@ class Model(msgspec.Struct, frozen=True):
     input_price_per_mtok: float = 0.0
     output_price_per_mtok: float = 0.0
     cached_input_price_per_mtok: float | None = None
+    cache_write_price_per_mtok: float | None = None
     latency_ms_hint: float | None = None
     created: int = DEFAULT_CREATED
 
@@ -372,6 +376,7 @@ class _ModelTable(msgspec.Struct, forbid_unknown_fields=True):
     input_price_per_mtok: _Price | UnsetType = UNSET
     output_price_per_mtok: _Price | UnsetType = UNSET
     cached_input_price_per_mtok: _Price | UnsetType = UNSET
+    cache_write_price_per_mtok: _Price | UnsetType = UNSET
     latency_ms_hint: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
     created: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
     capabilities: Annotated[list[str], Meta(min_length=1)] | UnsetType = UNSET
@@ -389,7 +394,8 @@ _COMPLETE_FIELDS = frozenset(
 )
 # TOML allows inf and nan; ge=0 already turns nan away, but an infinite price would win no
 # `cheapest` race and poison every cost sum.
-_FINITE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok", "cached_input_price_per_mtok", "latency_ms_hint")
+_FINITE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok", "cached_input_price_per_mtok",
+                  "cache_write_price_per_mtok", "latency_ms_hint")
 
 
 def _read_source(text: str, source: str) -> tuple[dict[str, _ModelTable], dict[str, _AliasTable]]:

@@ -72,6 +72,7 @@ class UsageProperties(msgspec.Struct):
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    cache_write_tokens: int = 0
 
 
 class UsageEvent(msgspec.Struct):
@@ -82,11 +83,15 @@ class UsageEvent(msgspec.Struct):
 
 
 class Tokens(msgspec.Struct):
+    """``tokens_in`` counts every prompt token; ``cached_tokens`` (read from the provider's prompt
+    cache) and ``cache_write_tokens`` (written to it) are parts of it, priced apart."""
+
     tokens_in: int
     tokens_out: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    cache_write_tokens: int = 0
 
 
 def tokens_from_usage(usage: Any) -> Tokens | None:
@@ -99,9 +104,11 @@ def tokens_from_usage(usage: Any) -> Tokens | None:
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
     cached = (prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0) or 0
+    written = (prompt_details.get("cache_write_tokens") if isinstance(prompt_details, dict) else 0) or 0
     reasoning = (completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0) or 0
     return Tokens(tin, tout, int(cached) if isinstance(cached, int) else 0,
-                  int(reasoning) if isinstance(reasoning, int) else 0)
+                  int(reasoning) if isinstance(reasoning, int) else 0,
+                  cache_write_tokens=int(written) if isinstance(written, int) else 0)
 
 
 def prompt_chars(body: dict[str, Any]) -> int:
@@ -128,11 +135,18 @@ def estimate_tokens(chars: int) -> int:
     return max(1, math.ceil(chars / 4)) if chars else 0
 
 
-def cost_usd(tokens: Tokens, input_price: float, output_price: float, cached_price: float | None) -> float:
-    """Cost from per-million-token prices; cached input is billed at its own price when the model has one."""
+def cost_usd(tokens: Tokens, input_price: float, output_price: float, cached_price: float | None,
+             cache_write_price: float | None = None) -> float:
+    """Cost from per-million-token prices.
+
+    Prompt tokens read from the cache and written to it are billed at their own prices when the
+    model has them, each counted once (they are parts of ``tokens_in``, never added to it).
+    """
     cached = min(tokens.cached_tokens, tokens.tokens_in) if cached_price is not None else 0
-    fresh = tokens.tokens_in - cached
-    total = fresh * input_price + cached * (cached_price or 0.0) + tokens.tokens_out * output_price
+    written = min(tokens.cache_write_tokens, tokens.tokens_in - cached) if cache_write_price is not None else 0
+    fresh = tokens.tokens_in - cached - written
+    total = (fresh * input_price + cached * (cached_price or 0.0) + written * (cache_write_price or 0.0)
+             + tokens.tokens_out * output_price)
     return round(total / 1_000_000, 10)
 
 
@@ -141,12 +155,13 @@ def build_usage(*, request_id: str, user_id: str, alias: str | None, model_id: s
     """One request's usage record, priced with the registry's prices for ``model``."""
     now = time.time()
     cost = cost_usd(tokens, model.input_price_per_mtok, model.output_price_per_mtok,
-                    model.cached_input_price_per_mtok) if model else 0.0
+                    model.cached_input_price_per_mtok, model.cache_write_price_per_mtok) if model else 0.0
     return UsageProperties(
         model_id=model_id, user_id=user_id, tokens_in=tokens.tokens_in, tokens_out=tokens.tokens_out,
         request_id=request_id, provider=provider, timestamp=now, latency_ms=round((now - started) * 1000, 2),
         cost_usd=cost, status=status, alias=alias, cached_tokens=tokens.cached_tokens,
         reasoning_tokens=tokens.reasoning_tokens, estimated=tokens.estimated,
+        cache_write_tokens=tokens.cache_write_tokens,
     )
 
 

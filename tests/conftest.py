@@ -9,6 +9,9 @@ import pytest
 import redis
 
 from .gateway_proc import LOCAL_KEY, UPSTREAM_KEY, RunningGateway
+from .cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, AZURE_KEY, cloud_overlay
+from .mocks.azure import MockAzure
+from .mocks.bedrock import MockBedrock
 from .mocks.openai import MockUpstream
 
 REDIS_URL = os.environ.get("REACTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -52,3 +55,48 @@ def fresh_gateway(tmp_path, redis_url, openrouter_mock, local_mock):
     gw.start()
     yield gw
     gw.stop()
+
+
+# --- every provider at once: the mocks of Bedrock and Azure beside the OpenAI-compatible ones -------
+
+
+@pytest.fixture(scope="session")
+def bedrock_mock():
+    with MockBedrock(AWS_ACCESS_KEY, AWS_SECRET_KEY, region="eu-central-1") as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+def azure_mock():
+    with MockAzure(AZURE_KEY) as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+def cloud_gateway(tmp_path_factory, redis_url, openrouter_mock, local_mock, bedrock_mock, azure_mock):
+    providers = f'''
+[gateway.providers.bedrock]
+enabled = true
+region = "eu-central-1"
+endpoint_url = "{bedrock_mock.url}"
+
+[gateway.providers.foundry]
+enabled = true
+# Pasted with Azure's `/openai/` suffix, as people do: the provider normalises it.
+endpoint = "{azure_mock.endpoint}/openai/"
+'''
+    env = {
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
+        # Nothing of this machine's AWS set-up may take part.
+        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AZURE_FOUNDRY_API_KEY": AZURE_KEY,
+    }
+    gateway = RunningGateway(tmp_path_factory.mktemp("conformance"), redis_url, f"rtest-{uuid.uuid4().hex[:8]}:",
+                             openrouter_mock.url, local_mock.url, providers=providers, overlay=cloud_overlay(), env=env,
+                             worker_providers=("openrouter", "local", "bedrock", "foundry"))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+

@@ -13,107 +13,21 @@ import base64
 import json
 import math
 import struct
-import uuid
-from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
 
+from .cloud import CASES, EXTRA_EMBED_CASES, PRICE_CACHED, PRICE_IN, PRICE_OUT, Case
 from .gateway_proc import RunningGateway
-from .mocks.azure import MockAzure
-from .mocks.bedrock import MockBedrock
 from .mocks.script import CITIES, REPLY_PREFIX, TOOL_RESULT_PREFIX
 
-AWS_ACCESS_KEY = "AKIAMOCKCONFORMANCE1"
-AWS_SECRET_KEY = "mock/secret/conformance+key"
-AZURE_KEY = "azure-conformance-key-0123"
-PRICE_IN, PRICE_OUT, PRICE_CACHED = 1.0, 2.0, 0.5
-
-
-@dataclass(frozen=True)
-class Case:
-    provider: str
-    chat_model: str
-    upstream_model: str
-    embed_model: str | None = None
-    embed_upstream: str | None = None
-
-
-CASES = [
-    Case("openrouter", "conf-openrouter", "openai/gpt-4o-mini", "conf-embed-openrouter", "openai/text-embedding-3-small"),
-    Case("local", "conf-local", "gpt-4o-mini", "conf-embed-local", "text-embedding-3-small"),
-    Case("bedrock", "conf-bedrock", "anthropic.claude-3-haiku-20240307-v1:0",
-         "conf-embed-titan", "amazon.titan-embed-text-v2:0"),
-    Case("foundry", "conf-foundry", "gpt-4o-mini", "conf-embed-foundry", "text-embedding-3-small"),
-    Case("foundry", "conf-foundry-deployment", "deployments/gpt-4o",
-         "conf-embed-foundry-deployment", "deployments/text-embedding-3-small"),
-]
-EXTRA_EMBED_CASES = [Case("bedrock", "conf-bedrock", "", "conf-embed-cohere", "cohere.embed-english-v3")]
 IDS = [c.chat_model for c in CASES]
 
 
-def _overlay() -> str:
-    out = []
-    for case in CASES:
-        out.append(f'''
-[models."{case.chat_model}"]
-owned_by = "conformance"
-capabilities = ["chat", "tools", "streaming"]
-routes = [{{ provider = "{case.provider}", model = "{case.upstream_model}" }}]
-input_price_per_mtok = {PRICE_IN}
-output_price_per_mtok = {PRICE_OUT}
-cached_input_price_per_mtok = {PRICE_CACHED}
-''')
-    for case in CASES + EXTRA_EMBED_CASES:
-        out.append(f'''
-[models."{case.embed_model}"]
-owned_by = "conformance"
-capabilities = ["embeddings"]
-routes = [{{ provider = "{case.provider}", model = "{case.embed_upstream}" }}]
-input_price_per_mtok = {PRICE_IN}
-''')
-    return "".join(out)
-
-
 @pytest.fixture(scope="module")
-def bedrock_mock():
-    with MockBedrock(AWS_ACCESS_KEY, AWS_SECRET_KEY, region="eu-central-1") as mock:
-        yield mock
-
-
-@pytest.fixture(scope="module")
-def azure_mock():
-    with MockAzure(AZURE_KEY) as mock:
-        yield mock
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory, redis_url, openrouter_mock, local_mock, bedrock_mock, azure_mock):
-    providers = f'''
-[gateway.providers.bedrock]
-enabled = true
-region = "eu-central-1"
-endpoint_url = "{bedrock_mock.url}"
-
-[gateway.providers.foundry]
-enabled = true
-# Pasted with Azure's `/openai/` suffix, as people do: the provider normalises it.
-endpoint = "{azure_mock.endpoint}/openai/"
-'''
-    env = {
-        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
-        # Nothing of this machine's AWS set-up may take part.
-        "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AZURE_FOUNDRY_API_KEY": AZURE_KEY,
-    }
-    gateway = RunningGateway(tmp_path_factory.mktemp("conformance"), redis_url, f"rtest-{uuid.uuid4().hex[:8]}:",
-                             openrouter_mock.url, local_mock.url, providers=providers, overlay=_overlay(), env=env,
-                             worker_providers=("openrouter", "local", "bedrock", "foundry"))
-    gateway.start()
-    yield gateway
-    gateway.stop()
+def gw(cloud_gateway) -> RunningGateway:
+    return cloud_gateway
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,7 @@ def test_record_writes_counters_index_and_one_event() -> None:
                 "cached_tokens": 200,
                 "reasoning_tokens": 12,
                 "estimated": True,
+                "cache_write_tokens": 0,
             },
         }
 
@@ -339,3 +340,22 @@ def test_records_of_one_loop_turn_share_one_pipeline() -> None:
         assert await redis.xlen(keys.usage_events) == 201
 
     with_redis(test)
+
+
+def test_cost_prices_cache_writes_apart_and_counts_each_token_once() -> None:
+    # 1,000 prompt tokens: 600 read from the cache, 300 written to it, 100 fresh.
+    tokens = Tokens(tokens_in=1000, tokens_out=10, cached_tokens=600, cache_write_tokens=300)
+
+    assert cost_usd(tokens, 3.0, 15.0, 0.30, 3.75) == round((100 * 3.0 + 600 * 0.30 + 300 * 3.75 + 10 * 15.0) / 1e6, 10)
+    # Without a write price, writes are ordinary input; never billed twice.
+    assert cost_usd(tokens, 3.0, 15.0, 0.30) == round((400 * 3.0 + 600 * 0.30 + 10 * 15.0) / 1e6, 10)
+    # Writes beyond what is left of the prompt are clamped, as cached reads are.
+    assert cost_usd(Tokens(100, 0, cached_tokens=80, cache_write_tokens=500), 1.0, 2.0, 0.5, 1.25) == round(
+        (80 * 0.5 + 20 * 1.25) / 1e6, 10)
+
+
+def test_cache_writes_read_from_usage() -> None:
+    usage = {"prompt_tokens": 50, "completion_tokens": 5,
+             "prompt_tokens_details": {"cached_tokens": 10, "cache_write_tokens": 30}}
+
+    assert tokens_from_usage(usage) == Tokens(50, 5, cached_tokens=10, cache_write_tokens=30)
