@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
 from redis.asyncio import Redis
@@ -16,11 +17,12 @@ from starlette.routing import Route
 
 from shared.config import Settings
 from shared.errors import GatewayError, InternalError, InvalidRequest, MethodNotAllowed, NotFound
-from shared.overlay import registry_for
+from shared.extensions import Extension, build_extensions
+from shared.overlay import FixedRegistry, RegistrySource
 from shared.registry import Registry
 
 from .auth import JWKSVerifier, LocalKey, LocalVerifier, Verifier
-from .catalog import get_model, health, list_models, model_objects
+from .catalog import get_model, health, list_models
 from .completions import chat_completions, embeddings
 from .gateway import Gateway
 
@@ -54,7 +56,8 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, registry: Registry | None = None, verifier: Verifier | None = None,
-               on_ready: Callable[[], None] | None = None) -> Starlette:
+               on_ready: Callable[[], None] | None = None,
+               extensions: Sequence[Extension] | None = None) -> Starlette:
     """Build the app.
 
     :param settings: the gateway settings.
@@ -62,13 +65,20 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
     :param verifier: the token verifier; JWKS or the local key from ``settings`` when None.
     :param on_ready: called once start-up is done, before the first request (the CLI tunes the
         garbage collector and the open-files limit there: ``shared.runtime.tune_process``).
+    :param extensions: quota, routing and usage hooks (``shared/extensions.py``); when None, the
+        ones ``settings`` names (``[gateway.quota]``, ``extensions = [...]``).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        reg = registry if registry is not None else await registry_for(settings)
+        source = FixedRegistry(registry) if registry is not None else RegistrySource(settings)
+        await source.load()
         redis = Redis.from_url(settings.redis_url, max_connections=512)
         async with contextlib.AsyncExitStack() as stack:
+            watcher = asyncio.create_task(source.watch(), name="registry-watch")
+            stack.callback(watcher.cancel)
+            if source.install_sighup():
+                stack.callback(source.remove_sighup)
             stack.push_async_callback(redis.aclose)
             ver = verifier
             if ver is None and settings.auth_url:
@@ -77,11 +87,13 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
             elif ver is None:
                 ver = LocalVerifier(LocalKey.load_or_create(settings.data_dir), settings.auth_issuer,
                                     settings.auth_audience)
-            gateway = Gateway(settings, reg, redis, ver)
+            exts = list(extensions) if extensions is not None else build_extensions(settings, redis)
+            for extension in exts:
+                stack.push_async_callback(extension.close)
+            gateway = Gateway(settings, source, redis, ver, exts)
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             app.state.gateway = gateway
-            app.state.model_objects = model_objects(reg)
             if on_ready is not None:
                 on_ready()
             yield

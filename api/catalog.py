@@ -53,7 +53,7 @@ def model_objects(registry: Registry) -> dict[str, ModelObject]:
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     await gateway.authenticate(request)
-    body = ModelList(list(request.app.state.model_objects.values()))
+    body = ModelList(list(request.app.state.gateway.model_objects().values()))
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
@@ -61,10 +61,19 @@ async def get_model(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     await gateway.authenticate(request)
     name = request.path_params["name"]
-    obj = request.app.state.model_objects.get(name)
+    obj = gateway.model_objects().get(name)
     if obj is None:
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
     return Response(msgspec.json.encode(obj), media_type="application/json")
+
+
+class RegistryHealth(msgspec.Struct):
+    """Which registry serves, and whether its last reload failed (the last good one stays in use)."""
+
+    source: str
+    version: int
+    loaded_at: float | None
+    last_error: str | None
 
 
 class Health(msgspec.Struct):
@@ -72,6 +81,7 @@ class Health(msgspec.Struct):
     redis: bool
     workers: dict[str, int]
     version: str
+    registry: RegistryHealth | None = None
 
 
 async def health(request: Request) -> Response:
@@ -85,6 +95,8 @@ async def health(request: Request) -> Response:
         workers.update(zip(providers, counts))
     except (RedisError, OSError, TimeoutError):
         redis_ok = False
+    # Until the reply channel is subscribed again no answer could reach a client: not healthy.
+    redis_ok = redis_ok and gateway.replies.ready
     alive = sum(workers.values())
     if not redis_ok or alive == 0:
         status, code = "unavailable", 503
@@ -92,5 +104,7 @@ async def health(request: Request) -> Response:
         status, code = "ok", 200
     else:
         status, code = "degraded", 200
-    return Response(msgspec.json.encode(Health(status, redis_ok, workers, __version__)), status_code=code,
+    reg = gateway.registry_source.status
+    registry = RegistryHealth(reg.source, reg.version, reg.loaded_at, reg.last_error)
+    return Response(msgspec.json.encode(Health(status, redis_ok, workers, __version__, registry)), status_code=code,
                     media_type="application/json")

@@ -78,14 +78,15 @@ def _has_uvloop() -> bool:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.overlay import registry_for
+    from shared.overlay import RegistrySource
     from workers.worker import run_worker_process
 
     if not settings.redis_url:
         raise ConfigError("reactor worker needs REDIS_URL (or gateway.redis_url)")
 
     async def main() -> None:
-        registry = await registry_for(settings)
+        registry = RegistrySource(settings)
+        await registry.load()
         await run_worker_process(settings, registry, args.provider or None)
 
     _run_uvloop(main())

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
+import logging
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -16,84 +17,44 @@ from starlette.requests import Request
 
 from shared.config import Settings
 from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable
-from shared.fleet import pool_slots, silence_timeout
+from shared.fleet import RETRY_AFTER_S, PoolCapacity, silence_timeout
+from shared.extensions import Extension
+from shared.health import RouteHealth, RouteStats
 from shared.keys import Keys
 from shared.queue import Enqueuer
-from shared.registry import Registry
-from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, replay_spool_forever
-from shared.wire import Cancel, Job
+from shared.overlay import FixedRegistry, RegistrySource
+from shared.registry import Model, Registry
+from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
+                          replay_spool_forever)
+from shared.wire import Cancel, Job, Target
 
 from .auth import Identity, Verifier, bearer_token
 from .replies import ReplyRouter, ReplyStream
 
-
-# Seconds a client told "overloaded" or "no worker" is asked to wait before trying again.
-RETRY_AFTER_S = 1
-
-
-class PoolCapacity:
-    """How many jobs each provider pool may hold: its live workers' slots plus ``backlog``.
-
-    Read from Redis at most once per ``max_age`` seconds (concurrent readers share one read),
-    and again at once before a pool is declared workerless, so a worker that just started is
-    not refused.
-    """
-
-    def __init__(self, redis: Redis, keys: Keys, providers: list[str], heartbeat: float, backlog: int) -> None:
-        self._redis, self._keys, self._providers = redis, keys, providers
-        self._heartbeat, self._backlog = heartbeat, backlog
-        self.max_age = heartbeat / 2
-        self._slots: dict[str, int] = {}
-        self._read_at = -1e9
-        self._reading: asyncio.Future[None] | None = None
-
-    async def limit(self, provider: str) -> int:
-        """The most jobs ``provider``'s pool may hold.
-
-        :raises NoWorker: no live worker serves it.
-        """
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._read_at > self.max_age:
-            await self._refresh()
-        slots = self._slots.get(provider, 0)
-        if slots == 0 and loop.time() - self._read_at > 0.1:
-            await self._refresh()
-            slots = self._slots.get(provider, 0)
-        if slots == 0:
-            raise NoWorker(f"No worker serves the provider {provider!r} right now; try again shortly.",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
-        return slots + self._backlog
-
-    async def _refresh(self) -> None:
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(self._read())
-        reading = self._reading
-        try:
-            await asyncio.shield(reading)
-        finally:
-            if self._reading is reading and reading.done():
-                self._reading = None
-
-    async def _read(self) -> None:
-        self._slots = await pool_slots(self._redis, self._keys, self._providers, self._heartbeat)
-        self._read_at = asyncio.get_running_loop().time()
+logger = logging.getLogger("reactor.api")
 
 
 class Gateway:
     """Everything a request handler needs.
 
     :param settings: the gateway settings.
-    :param registry: the registry restricted to enabled providers.
+    :param registry: where the registry (restricted to enabled providers) is read: a
+        ``RegistrySource`` that reloads it, or a ``FixedRegistry``. Each request reads it once.
     :param redis: the process's pool.
     :param verifier: checks bearer tokens.
+    :param extensions: quota, routing and usage hooks, run in order (``shared/extensions.py``).
     """
 
-    def __init__(self, settings: Settings, registry: Registry, redis: Redis, verifier: Verifier) -> None:
+    def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, redis: Redis,
+                 verifier: Verifier, extensions: Sequence[Extension] = ()) -> None:
         self.settings = settings
-        self.registry = registry
+        self.registry_source = registry
+        self._model_objects: tuple[Registry | None, dict[str, Any]] = (None, {})
         self.redis = redis
         self.verifier = verifier
+        self.extensions = list(extensions)
         self.keys = Keys(settings.key_prefix)
+        self.health = RouteHealth(redis, self.keys, settings.routing)
         self.process_id = uuid.uuid4().hex[:12]
         # Past the deadline even a live worker's request ends (the worker's own request_timeout
         # should end it first).
@@ -106,6 +67,20 @@ class Gateway:
                                      settings.queue_backlog)
         self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
         self._background: set[asyncio.Task] = set()
+
+    @property
+    def registry(self) -> Registry:
+        """The registry now; a request reads it once and keeps that one (a reload does not touch it)."""
+        return self.registry_source.current
+
+    def model_objects(self) -> dict[str, Any]:
+        """``/ai/v1/models``'s objects for the current registry, built once per registry."""
+        registry = self.registry
+        if self._model_objects[0] is not registry:
+            from .catalog import model_objects
+
+            self._model_objects = (registry, model_objects(registry))
+        return self._model_objects[1]
 
     async def start(self) -> None:
         await self.replies.start()
@@ -145,6 +120,38 @@ class Gateway:
             return int(await self.redis.incr(self.keys.round_robin(alias)))
         except (RedisError, OSError):
             raise Unavailable("Redis is unreachable.") from None
+
+    async def speed(self, models: list[Model]) -> dict[str, RouteStats]:
+        """The measured speed of each model's first route, for the ``fastest`` strategy."""
+        targets = [Target(m.id, m.routes[0].provider, m.routes[0].model) for m in models if m.routes]
+        stats = await self.health.stats(targets)
+        return {t.model_id: stats[(t.provider, t.upstream_model)] for t in targets}
+
+    async def available(self, targets: list[Target]) -> list[Target]:
+        """``targets`` that can serve now, in order: routes cooling down go last, and pools without a
+        live worker are left out.
+
+        :raises NoWorker: no target's pool has a live worker (naming the providers).
+        :raises Unavailable: Redis is unreachable.
+        """
+        cooling = await self.health.cooling(targets)
+        ordered = ([t for t in targets if (t.provider, t.upstream_model) not in cooling]
+                   + [t for t in targets if (t.provider, t.upstream_model) in cooling])
+        live, idle = [], []
+        for target in ordered:
+            try:
+                await self.capacity.limit(target.provider)
+            except NoWorker:
+                idle.append(target.provider)
+                continue
+            except (RedisError, OSError):
+                raise Unavailable("The job queue (Redis) is unreachable.") from None
+            live.append(target)
+        if not live:
+            names = ", ".join(repr(p) for p in dict.fromkeys(idle))
+            raise NoWorker(f"No worker serves the provider {names} right now; try again shortly.",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        return live
 
     async def submit(self, job: Job) -> ReplyStream:
         """Enqueue ``job`` for its first target's provider and wait until a worker starts it.
@@ -187,13 +194,13 @@ class Gateway:
         stream.close()
         self.spawn(self.cancel(stream.request_id))
 
-    async def meter_lost_worker(self, job: Job, out_chars: int, started: float) -> None:
+    async def meter_lost_worker(self, job: Job, out_chars: int, started: float, model_id: str | None = None) -> None:
         """Meter a stream whose worker died before metering it: what the client was sent, estimated.
 
         The worker may yet record it (it was only slow); the request-id claim keeps whichever
         record comes first, so the request is never counted twice.
         """
-        target = job.targets[0]
+        target = next((t for t in job.targets if t.model_id == model_id), job.targets[job.attempt])
         body = msgspec.json.decode(job.body)
         tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,
@@ -203,6 +210,25 @@ class Gateway:
             await self.usage.record(props)
         except (RedisError, OSError):
             pass  # logged by the recorder
+        await self.after_usage(props, job)
+
+    async def after_usage(self, props: UsageProperties, job: Job) -> None:
+        """The extensions' after-usage hooks, for a request the front door settles itself."""
+        for extension in self.extensions:
+            try:
+                await extension.after_usage(props, job.reservations)
+            except Exception:
+                logger.exception("extension %s failed after the usage of %s", extension.name, job.request_id)
+
+    async def release(self, job: Job) -> None:
+        """Settle a request no worker will: refused or abandoned before any upstream accepted it."""
+        if not job.reservations:
+            return
+        target = job.targets[job.attempt] if job.targets else Target("", "", "")
+        props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,
+                            model_id=target.model_id, provider=target.provider, tokens=Tokens(0, 0), model=None,
+                            started=job.enqueued_at, status="refused")
+        await self.after_usage(props, job)
 
     async def cancel(self, request_id: str) -> None:
         """Tell every worker to drop ``request_id``: abort its upstream call, or skip it if queued."""

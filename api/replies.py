@@ -71,8 +71,11 @@ class ReplyRouter:
         return len(self._waiting)
 
     def open(self, request_id: str, start_timeout: float) -> "ReplyStream":
-        """Listen for ``request_id``'s replies; without a first one within ``start_timeout``, it fails with 503."""
-        stream = ReplyStream(self, request_id)
+        """Listen for ``request_id``'s replies; without a first one within ``start_timeout``, it fails with 503.
+
+        The same wait applies again after each hand-off to another worker pool.
+        """
+        stream = ReplyStream(self, request_id, start_timeout)
         stream._timer = asyncio.get_running_loop().call_later(start_timeout, stream._no_worker)
         self._waiting[request_id] = stream
         return stream
@@ -142,11 +145,20 @@ class ReplyRouter:
 
 
 class ReplyStream:
-    """The replies of one request, checked for order."""
+    """The replies of one request, checked for order.
 
-    def __init__(self, router: ReplyRouter, request_id: str) -> None:
+    A fallback to another provider's pool hands the request from one worker to the next: the
+    first worker's ``handoff`` message unbinds the stream (no worker to watch; the start timeout
+    runs again), the next worker's first message binds it to that worker, and its sequence
+    numbers continue where the first left off. ``model_id`` follows each attempt's ``start``.
+    """
+
+    def __init__(self, router: ReplyRouter, request_id: str, start_timeout: float = 10.0) -> None:
         self._router = router
         self.request_id = request_id
+        self._start_timeout = start_timeout
+        self._started = False
+        self.model_id: str | None = None
         # A deque and one waiter rather than an asyncio.Queue: this is touched once per token,
         # and only one coroutine ever waits on it.
         self._replies: deque[Reply] = deque()
@@ -163,19 +175,28 @@ class ReplyStream:
         :raises GatewayError: no worker took the request in time, its worker went silent, a reply
             was lost (a gap in the sequence), or the router lost Redis.
         """
-        while not self._replies:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        reply = self._replies.popleft()
-        if reply.seq == -1:
-            raise reply.error.to_exception()
-        if reply.seq != self._next_seq:
-            raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
-        self._next_seq += 1
-        return reply
+        while True:
+            reply = self._replies.popleft() if self._replies else None
+            if reply is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                continue
+            if reply.seq == -1:
+                raise reply.error.to_exception()
+            if reply.seq != self._next_seq:
+                raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
+            self._next_seq += 1
+            if reply.kind == "start":
+                self.model_id = reply.model_id
+                if self._started:
+                    continue  # a later attempt announcing itself: nothing for the client
+                self._started = True
+            elif reply.kind == "handoff":
+                continue
+            return reply
 
     def close(self) -> None:
         self._router.close(self.request_id)
@@ -187,6 +208,14 @@ class ReplyStream:
             waiter.set_result(None)
 
     def _deliver(self, reply: Reply, worker_id: str) -> None:
+        if reply.kind == "handoff":
+            # Another pool takes over: nobody to watch until its worker speaks, who must do so in time.
+            self.worker_id = None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(self._start_timeout, self._no_worker)
+            self._put(reply)
+            return
         if self.worker_id is None:
             self.worker_id = worker_id
             if self._timer is not None:

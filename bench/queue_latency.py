@@ -98,7 +98,7 @@ def _gateway_settings(redis_url: str, prefix: str, poll_delay: float):
 async def run_gateway_worker(redis_url: str, prefix: str, poll_delay: float) -> None:
     """``reactor worker`` as it ships, with the job body swapped for a start recorder."""
     import workers.worker as worker_module
-    from shared.overlay import registry_for
+    from shared.overlay import FixedRegistry, registry_for
 
     keys = Keys(prefix)
 
@@ -118,7 +118,7 @@ async def run_gateway_worker(redis_url: str, prefix: str, poll_delay: float) -> 
     worker_module.JobRunner = StartRecorder
     settings = _gateway_settings(redis_url, prefix, poll_delay)
     registry = await registry_for(settings)
-    await worker_module.run_worker_process(settings, registry, [PROVIDER])
+    await worker_module.run_worker_process(settings, FixedRegistry(registry), [PROVIDER])
 
 
 async def run_stock_worker(redis_url: str, prefix: str, poll_delay: float) -> None:

@@ -29,6 +29,22 @@ Seconds = Annotated[float, Meta(gt=0, description="a positive number of seconds"
 Count = Annotated[int, Meta(gt=0, description="a positive integer")]
 
 
+class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[gateway.routing]``: how far a request falls back, and when a route is rested.
+
+    :param max_attempts: targets a request may try in all, the first included.
+    :param cooldown_failures: retryable failures within ``cooldown_window`` that cool a route down
+        (a 401 or 403 cools it at once).
+    :param cooldown_window: seconds over which failures are counted.
+    :param cooldown_seconds: how long a cooled route is skipped; after it, one probe decides.
+    """
+
+    max_attempts: Annotated[int, Meta(ge=1, description="a positive integer")] = 3
+    cooldown_failures: Annotated[int, Meta(ge=1, description="a positive integer")] = 3
+    cooldown_window: Seconds = 60.0
+    cooldown_seconds: Seconds = 30.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the gateway reads at start-up. Passed down; never re-read.
 
@@ -48,6 +64,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     registry_url: str | None = None
     registry_optional: bool = False
     registry_timeout: Seconds = 5.0
+    # How often a `registry_url` overlay is fetched again (an overlay file is watched for changes).
+    registry_refresh: Seconds = 300.0
     max_body_bytes: Count = 8 * 1024 * 1024
     queue_timeout: Seconds = 10.0
     connect_timeout: Seconds = 10.0
@@ -58,6 +76,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     queue_backlog: Annotated[int, Meta(ge=0, description="a number of jobs, 0 or more")] = 256
     poll_delay: Seconds = 0.5
     usage_retention_days: Count = 400
+    # Extensions by dotted path, "package.module:factory" (see shared/extensions.py).
+    extensions: list[str] = []
+    # `[gateway.routing]`: fallback and route health.
+    routing: RoutingSettings = msgspec.field(default_factory=lambda: RoutingSettings())
+    # `[gateway.quota]`: per-user limits (shared/quota.py); absent, no quota is enforced.
+    quota: dict[str, Any] | None = None
     providers: dict[str, Any] = {}
     # Where the values came from, for messages; not a key of the section.
     source: str = "<defaults>"

@@ -8,10 +8,12 @@ one that is full, and answer the latter with 503 at once instead of after ``queu
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import Redis
 
+from .errors import NoWorker
 from .keys import Keys
 
 # Heartbeats a worker may miss before it counts as gone.
@@ -51,3 +53,55 @@ async def pool_slots(redis: Redis, keys: Keys, providers: list[str], heartbeat_i
         live, table = answers[2 * i], answers[2 * i + 1]
         slots[provider] = sum(int(table.get(worker, 0)) for worker in live)
     return slots
+
+
+# Seconds a client told "overloaded" or "no worker" is asked to wait before trying again.
+RETRY_AFTER_S = 1
+
+
+class PoolCapacity:
+    """How many jobs each provider pool may hold: its live workers' slots plus ``backlog``.
+
+    Read from Redis at most once per ``max_age`` seconds (concurrent readers share one read),
+    and again at once before a pool is declared workerless, so a worker that just started is
+    not refused.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, providers: list[str], heartbeat: float, backlog: int) -> None:
+        self._redis, self._keys, self._providers = redis, keys, providers
+        self._heartbeat, self._backlog = heartbeat, backlog
+        self.max_age = heartbeat / 2
+        self._slots: dict[str, int] = {}
+        self._read_at = -1e9
+        self._reading: asyncio.Future[None] | None = None
+
+    async def limit(self, provider: str) -> int:
+        """The most jobs ``provider``'s pool may hold.
+
+        :raises NoWorker: no live worker serves it.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._read_at > self.max_age:
+            await self._refresh()
+        slots = self._slots.get(provider, 0)
+        if slots == 0 and loop.time() - self._read_at > 0.1:
+            await self._refresh()
+            slots = self._slots.get(provider, 0)
+        if slots == 0:
+            raise NoWorker(f"No worker serves the provider {provider!r} right now; try again shortly.",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        return slots + self._backlog
+
+    async def _refresh(self) -> None:
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        reading = self._reading
+        try:
+            await asyncio.shield(reading)
+        finally:
+            if self._reading is reading and reading.done():
+                self._reading = None
+
+    async def _read(self) -> None:
+        self._slots = await pool_slots(self._redis, self._keys, self._providers, self._heartbeat)
+        self._read_at = asyncio.get_running_loop().time()

@@ -65,3 +65,44 @@ class Keys:
 
     def round_robin(self, alias: str) -> str:
         return f"{self.prefix}rr:{alias}"
+
+    # -- route health, shared by every worker and replica ------------------------------------------
+
+    def route_failures(self, provider: str, model: str) -> str:
+        """Failures of one route in the current cooldown window (a counter that expires with the window)."""
+        return f"{self.prefix}route:{provider}:{model}:failures"
+
+    def route_cooldown(self, provider: str, model: str) -> str:
+        """Present while the route cools down; its TTL is the cooldown, so it comes back by itself."""
+        return f"{self.prefix}route:{provider}:{model}:cooldown"
+
+    def route_probation(self, provider: str, model: str) -> str:
+        """Present after a cooldown until the route succeeds once: one more failure cools it again."""
+        return f"{self.prefix}route:{provider}:{model}:probation"
+
+    @property
+    def route_stats(self) -> str:
+        """Hash of ``provider\\tmodel\\tfield`` → decaying averages (time to first token, error rate)
+        that the ``fastest`` strategy reads: one HMGET for every candidate of a request."""
+        return f"{self.prefix}route:stats"
+
+    # -- quotas (shared/quota.py) -------------------------------------------------------------------
+
+    def quota_minute(self, user_id: str, minute: int) -> str:
+        """Hash of ``requests`` and ``tokens`` one user was admitted for in one minute (unix time // 60).
+
+        A fixed window named by its number: its counters are one key that expires by itself (a
+        TTL of about two minutes), and a settlement that arrives after the minute still finds the
+        window it reserved in. The window comes before the user id, which may contain ``:``.
+        """
+        return f"{self.prefix}quota:m:{minute}:{user_id}"
+
+    def quota_day(self, user_id: str, day: int) -> str:
+        """Hash of ``tokens`` (reserved, then settled) and ``usd`` (settled spend) of one user on one
+        UTC day (unix time // 86400); lives about two days, so late settlements still land in it."""
+        return f"{self.prefix}quota:d:{day}:{user_id}"
+
+    def quota_settled(self, request_id: str) -> str:
+        """Marks a request's quota reservation as settled, so a second settlement (a worker that was
+        only slow after the front door settled for it) changes nothing; expires after an hour."""
+        return f"{self.prefix}quota:settled:{request_id}"

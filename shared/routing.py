@@ -1,49 +1,39 @@
 """From the model name a client sent to the ordered targets that may serve it.
 
-A model id gives its routes in registry order. An alias orders its targets by its strategy;
-the first target decides the provider queue the job goes to, and the rest travel with the
-job so a worker can fall back before the first token.
+A model id gives its routes in registry order. An alias orders its target models by its strategy
+(``shared/strategies.py``) and each model contributes its routes in order. The first target
+decides the provider queue the job goes to; the rest travel with the job, so a worker can fall
+back to them before the first token.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 
 from .errors import InvalidRequest, ModelNotFound
 from .registry import Alias, Model, Registry
+from .strategies import STRATEGIES, Counter, Speed, StrategyContext
 from .wire import Target
-
-# Returns the next value of the alias's shared counter (an INCR in Redis).
-Counter = Callable[[str], Awaitable[int]]
 
 
 def order_models(alias: Alias, models: list[Model], turn: int | None = None,
                  rng: random.Random | None = None) -> list[Model]:
-    """Apply the alias's strategy to its target models.
+    """Apply the alias's strategy synchronously with a known counter value (tests, tools)."""
+    import asyncio
 
-    :param turn: the round-robin counter value, for ``round_robin``.
-    :param rng: the random source, for ``random``.
-    """
-    if alias.strategy == "random":
-        shuffled = list(models)
-        (rng or random).shuffle(shuffled)
-        return shuffled
-    if alias.strategy == "round_robin" and models:
-        start = ((turn or 1) - 1) % len(models)  # INCR counts from 1; the first request gets the first target
-        return models[start:] + models[:start]
-    if alias.strategy == "cheapest":
-        # sorted() is stable: equal prices keep the declared order.
-        return sorted(models, key=lambda m: m.input_price_per_mtok + m.output_price_per_mtok)
-    if alias.strategy == "fastest":
-        return sorted(models, key=lambda m: m.latency_ms_hint if m.latency_ms_hint is not None else float("inf"))
-    return list(models)
+    async def counter(_: str) -> int:
+        return turn or 1
+
+    ctx = StrategyContext(turn=counter, rng=rng or random.Random())
+    return asyncio.run(STRATEGIES[alias.strategy](alias, models, ctx))
 
 
-async def plan(registry: Registry, name: str, capability: str, counter: Counter) -> tuple[str | None, list[Target]]:
+async def plan(registry: Registry, name: str, capability: str, counter: Counter,
+               speed: Speed | None = None, rng: random.Random | None = None) -> tuple[str | None, list[Target]]:
     """The alias (if any) and the ordered targets for ``name``.
 
     :param capability: ``chat`` or ``embeddings``; a model without it is not a target.
+    :param speed: measured route speed, for ``fastest``.
     :raises ModelNotFound: the name is neither a model nor an alias of the registry.
     :raises InvalidRequest: it exists but cannot do what was asked.
     """
@@ -55,8 +45,8 @@ async def plan(registry: Registry, name: str, capability: str, counter: Counter)
         what = "a chat" if capability == "chat" else "an embeddings"
         raise InvalidRequest(f"The model '{name}' is not {what} model.", param="model", code="model_not_supported")
     if alias is not None:
-        turn = await counter(alias.name) if alias.strategy == "round_robin" else None
-        able = order_models(alias, able, turn)
+        ctx = StrategyContext(turn=counter, speed=speed, rng=rng or random.Random())
+        able = await STRATEGIES[alias.strategy](alias, able, ctx)
     return (alias.name if alias else None), [
         Target(model.id, route.provider, route.model) for model in able for route in model.routes
     ]

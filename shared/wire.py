@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import InvalidRequest, WireError
+from .extensions import Reservation
 
 # -------------------------------------------------------------------------------------------
 # Client requests (validation only)
@@ -223,6 +224,13 @@ class Target(Struct, frozen=True, array_like=True):
 
 
 class Job(Struct, array_like=True):
+    """A request on its way to a worker.
+
+    ``attempt`` is the index in ``targets`` of the target to serve it with; ``tried`` counts the
+    targets tried before (a fallback moves a job on with both advanced). ``reply_seq`` is where
+    the reply's sequence numbers continue after a hand-off from another worker.
+    """
+
     request_id: str
     kind: Literal["chat", "embeddings"]
     reply_channel: str
@@ -233,6 +241,10 @@ class Job(Struct, array_like=True):
     stream: bool = False
     include_usage: bool = False
     enqueued_at: float = 0.0
+    attempt: int = 0
+    tried: int = 0
+    reply_seq: int = 0
+    reservations: list[Reservation] = []
 
 
 # -------------------------------------------------------------------------------------------
@@ -249,7 +261,9 @@ class Reply(Struct, array_like=True):
 
     request_id: str
     seq: int
-    kind: Literal["start", "data", "result", "done", "error"]
+    # "handoff": this worker gave the request to another pool (a fallback); the next worker's
+    # messages continue the sequence.
+    kind: Literal["start", "data", "result", "done", "error", "handoff"]
     frames: list[bytes] = []
     body: bytes | None = None          # "result": the full JSON response
     error: WireError | None = None     # "error": what went wrong

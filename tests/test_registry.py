@@ -18,12 +18,12 @@ from shared.registry import (
     Registry,
     RegistryError,
     Route,
-    _merge_sources,
     fetch_overlay,
     load_registry,
     parse_toml,
     read_overlay_file,
 )
+from shared.registry.load import _merge_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

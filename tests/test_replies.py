@@ -135,14 +135,14 @@ def test_a_socket_error_from_redis_is_a_503_not_a_500(tmp_path) -> None:
     from api.gateway import Gateway
     from shared.config import load_settings
     from shared.errors import Unavailable
-    from shared.overlay import registry_for
+    from shared.overlay import FixedRegistry, registry_for
     from shared.wire import Job, Target
 
     async def run():
         settings = load_settings(None, env={"REACTOR_DATA_DIR": str(tmp_path)})
         registry = await registry_for(settings)
         redis = Redis.from_url(REDIS_URL)
-        gateway = Gateway(settings, registry, redis, verifier=None)
+        gateway = Gateway(settings, FixedRegistry(registry), redis, verifier=None)
         gateway.replies._ready.set()  # as if subscribed: the failure comes from the queue
 
         async def reset(provider):

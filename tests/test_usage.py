@@ -110,6 +110,7 @@ def test_record_writes_counters_index_and_one_event() -> None:
                 "reasoning_tokens": 12,
                 "estimated": True,
                 "cache_write_tokens": 0,
+                "attempts": 1,
             },
         }
 

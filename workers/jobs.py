@@ -14,17 +14,23 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
+from redis.exceptions import RedisError
+
 from shared.config import Settings
-from shared.errors import GatewayError, InternalError, UpstreamTimeout
-from shared.registry import Registry
+from shared.errors import GatewayError, InternalError, NoWorker, Overloaded, ProviderError, Unavailable, UpstreamTimeout
+from shared.extensions import Extension
+from shared.fleet import RETRY_AFTER_S, PoolCapacity
+from shared.health import RouteHealth
+from shared.queue import Enqueuer
+from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, tokens_from_usage
-from shared.wire import Job, job_decoder
+from shared.wire import Job, Target, job_decoder
 
 from .providers import Provider
 from .publisher import ReplyHub, ReplyLost, ReplyPublisher
@@ -42,6 +48,9 @@ class Meter:
         self.usage: Tokens | None = None
         self.accepted = False      # the upstream answered 2xx, so the request counts
         self.out_chars = 0
+        self.started = time.monotonic()
+        self.first_token_s: float | None = None
+        self.error: GatewayError | None = None  # why this attempt failed, if it did
 
     def observe(self, choices: list[Any]) -> None:
         for choice in choices:
@@ -80,25 +89,68 @@ def shape_embedding(vector: list[float], dimensions: int | None, encoding: str) 
     return vector
 
 
+class Handoff:
+    """Moves a job to another provider's worker pool, for a fallback this worker cannot serve itself.
+
+    :param enqueuer: puts jobs on provider queues.
+    :param capacity: which pools have live workers, and how much they may hold.
+    :param queue_timeout: how long a handed-off job may wait for its new pool.
+    """
+
+    def __init__(self, enqueuer: Enqueuer, capacity: PoolCapacity, queue_timeout: float) -> None:
+        self._enqueuer = enqueuer
+        self._capacity = capacity
+        self._queue_timeout = queue_timeout
+
+    async def has_workers(self, provider: str) -> bool:
+        try:
+            await self._capacity.limit(provider)
+        except (NoWorker, RedisError, OSError):
+            return False
+        return True
+
+    async def send(self, job: Job, provider: str) -> None:
+        """Queue ``job`` on ``provider``'s pool.
+
+        :raises GatewayError: the pool has no live worker or no room (Redis errors as Unavailable).
+        """
+        try:
+            limit = await self._capacity.limit(provider)
+            admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, limit)
+        except (RedisError, OSError):
+            raise Unavailable("The job queue (Redis) is unreachable.") from None
+        if not admitted:
+            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class JobRunner:
     """Everything a job needs, built once per worker process.
 
     :param settings: the gateway settings.
-    :param registry: for prices (cost) of the model that served.
+    :param registry: for prices (cost) of the model that served: anything with the current
+        registry as ``.current`` (a reloading ``RegistrySource``).
     :param redis: the worker's pool.
     :param providers: the enabled providers by name.
     :param usage: records what each request cost.
     :param replies: sends every job's replies to the front doors.
+    :param health: where route failures and speeds are reported, and cooldowns read.
+    :param handoff: moves a job to another pool when its next candidate is served elsewhere.
+    :param extensions: their ``after_usage`` hooks run once per request.
     """
 
-    def __init__(self, settings: Settings, registry: Registry, redis: Redis,
-                 providers: Mapping[str, Provider], usage: UsageRecorder, replies: ReplyHub) -> None:
+    def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, redis: Redis,
+                 providers: Mapping[str, Provider], usage: UsageRecorder, replies: ReplyHub, *,
+                 health: RouteHealth, handoff: Handoff, extensions: Sequence[Extension] = ()) -> None:
         self.settings = settings
-        self.registry = registry
+        self.registry_source = registry
         self.redis = redis
         self.providers = providers
         self.usage = usage
         self.replies = replies
+        self.health = health
+        self.handoff = handoff
+        self.extensions = list(extensions)
         self.running: dict[str, asyncio.Task] = {}
         # Jobs cancelled because their client hung up, told apart from the worker shutting down.
         self._hung_up: set[str] = set()
@@ -141,26 +193,53 @@ class JobRunner:
             self._hung_up.discard(job.request_id)
 
     async def _serve(self, job: Job) -> None:
-        target = job.targets[0]
-        provider = self.providers.get(target.provider)
-        publisher = self.replies.open(job.reply_channel, job.request_id)
-        body = _decode(job.body)
-        body["model"] = target.upstream_model
-        meter = Meter(body)
+        """Serve ``job`` with its current target, falling back to the next candidates on failure.
+
+        A target that fails before any of the answer went out is replaced by the next candidate:
+        served here when this worker has its provider, else handed to that provider's pool (the
+        front door keeps listening on the same reply channel). Once output went out, nothing is
+        retried: the stream ends with an ``incomplete_response`` error and what was produced is
+        metered.
+        """
+        publisher = self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq)
         started = time.time()
+        attempt, tried = job.attempt, job.tried
+        meter: Meter | None = None
+        target = job.targets[attempt]
         status = "ok"
-        publisher.start(target.model_id)
+        handed_off = False
+        # The overall deadline runs from when the client asked, across attempts and hand-offs.
+        remaining = self.settings.request_timeout - max(0.0, started - job.enqueued_at) if job.enqueued_at else \
+            self.settings.request_timeout
         try:
-            if provider is None:
-                raise InternalError(f"This worker has no provider named {target.provider!r}.")
             try:
-                async with asyncio.timeout(self.settings.request_timeout):
-                    if job.kind == "embeddings":
-                        await self._embeddings(job, provider, body, meter, publisher)
-                    elif job.stream:
-                        await self._stream(job, provider, body, meter, publisher)
-                    else:
-                        await self._complete(job, provider, body, meter, publisher)
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    while True:
+                        target = job.targets[attempt]
+                        tried += 1
+                        body = _decode(job.body)
+                        body["model"] = target.upstream_model
+                        # Assigned before the call: a cancelled attempt still meters what it used.
+                        meter = Meter(body)
+                        await self._attempt(job, target, body, meter, publisher)
+                        if meter.error is None:
+                            await self.health.succeeded(target, meter.first_token_s)
+                            break
+                        exc = meter.error
+                        await self.health.failed(target, exc)
+                        following = (await self._next_candidate(job, attempt, tried)
+                                     if exc.retryable and not publisher.has_output else None)
+                        if following is None:
+                            raise exc
+                        nxt = job.targets[following]
+                        logger.warning("request %s: %s on %s failed (%s: %s); falling back to %s on %s",
+                                       job.request_id, target.model_id, target.provider, exc.code, exc.message,
+                                       nxt.model_id, nxt.provider)
+                        attempt = following
+                        if nxt.provider not in self.providers:
+                            handed_off = True
+                            await self._hand_off(job, attempt, tried, publisher)
+                            return
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"The request took longer than request_timeout ({self.settings.request_timeout:g} s).") from None
@@ -170,6 +249,12 @@ class JobRunner:
             logger.warning("job %s: replies cannot be published (%s); abandoning it", job.request_id, exc)
         except GatewayError as exc:
             status = "error"
+            if publisher.has_output:
+                status = "incomplete"
+                # Never re-asked elsewhere with the partial text as a prefix: the client learns the
+                # answer is cut, and what it got is metered.
+                exc = ProviderError(f"The answer is incomplete: {exc.message}", status=exc.status,
+                                    code="incomplete_response", retryable=False)
             with contextlib.suppress(ReplyLost):
                 await publisher.finish("error", error=exc)
         except asyncio.CancelledError:
@@ -182,34 +267,94 @@ class JobRunner:
             with contextlib.suppress(ReplyLost):
                 await publisher.finish("error", error=InternalError("The worker failed while serving this request."))
         finally:
-            if meter.accepted:
+            if not handed_off:
                 # Shielded: a cancelled job must still meter what the upstream already produced.
-                await asyncio.shield(self._record(job, target.model_id, target.provider, meter, started, status))
+                await asyncio.shield(self._settle(job, target, meter, started, status, tried))
 
-    async def _complete(self, job: Job, provider: Provider, body: dict, meter: Meter,
+    async def _attempt(self, job: Job, target: Target, body: dict, meter: Meter, publisher: ReplyPublisher) -> None:
+        """Serve the job with one target; ``meter.error`` says why it failed, if it did."""
+        provider = self.providers.get(target.provider)
+        publisher.start(target.model_id)
+        try:
+            if provider is None:
+                raise InternalError(f"This worker has no provider named {target.provider!r}.")
+            if job.kind == "embeddings":
+                await self._embeddings(job, target, provider, body, meter, publisher)
+            elif job.stream:
+                await self._stream(job, target, provider, body, meter, publisher)
+            else:
+                await self._complete(job, target, provider, body, meter, publisher)
+        except GatewayError as exc:
+            meter.error = exc
+
+    async def _next_candidate(self, job: Job, attempt: int, tried: int) -> int | None:
+        """The index of the next target to try, or None: past ``max_attempts``, or none is available.
+
+        Skipped: routes already tried for this request, routes cooling down (every replica's
+        failures count), and pools with no live worker.
+        """
+        if tried >= self.settings.routing.max_attempts:
+            return None
+        used = {(t.provider, t.upstream_model) for t in job.targets[:attempt + 1]}
+        rest = job.targets[attempt + 1:]
+        cooling = await self.health.cooling(rest)
+        for offset, candidate in enumerate(rest):
+            route = (candidate.provider, candidate.upstream_model)
+            if route in used or route in cooling:
+                continue
+            if candidate.provider in self.providers or await self.handoff.has_workers(candidate.provider):
+                return attempt + 1 + offset
+        return None
+
+    async def _hand_off(self, job: Job, attempt: int, tried: int, publisher: ReplyPublisher) -> None:
+        """Give the job to the pool of ``job.targets[attempt]``; its worker continues the reply.
+
+        The hand-off message goes out before the job is queued, so the front door always sees it
+        before anything from the next worker.
+        """
+        target = job.targets[attempt]
+        await publisher.finish("handoff")
+        job.attempt, job.tried, job.reply_seq = attempt, tried, publisher.next_seq
+        try:
+            await self.handoff.send(job, target.provider)
+        except GatewayError as exc:
+            logger.warning("request %s: cannot hand off to %s (%s)", job.request_id, target.provider, exc.message)
+            # This worker answers after all; the front door takes its message after the hand-off.
+            job.reply_seq = publisher.next_seq
+            with contextlib.suppress(ReplyLost):
+                await self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq).finish("error", error=exc)
+            await self._settle(job, target, None, time.time(), "error", tried)
+
+    async def _complete(self, job: Job, target: Target, provider: Provider, body: dict, meter: Meter,
                         publisher: ReplyPublisher) -> None:
         body.pop("stream_options", None)
         result = await provider.complete(body)
+        meter.first_token_s = time.monotonic() - meter.started
         meter.accepted = True
         meter.observe(result.get("choices") or [])
         meter.usage = tokens_from_usage(result.get("usage"))
         result["id"] = f"chatcmpl-{job.request_id}"
         result["object"] = "chat.completion"
-        result["model"] = job.targets[0].model_id
+        result["model"] = target.model_id
         result["created"] = int(time.time())
         if meter.usage is None:
             result["usage"] = usage_object(meter.tokens())
         await publisher.finish("result", body=_encode(result))
 
-    async def _stream(self, job: Job, provider: Provider, body: dict, meter: Meter,
+    async def _stream(self, job: Job, target: Target, provider: Provider, body: dict, meter: Meter,
                       publisher: ReplyPublisher) -> None:
         # Always ask for usage: metering needs it whether or not the client does.
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         body["stream_options"] = {**options, "include_usage": True}
-        chunk_id, created, model_id = f"chatcmpl-{job.request_id}", int(time.time()), job.targets[0].model_id
+        chunk_id, created, model_id = f"chatcmpl-{job.request_id}", int(time.time()), target.model_id
         usage_sent = False
+        # A first chunk with only the role is held back until the answer starts: an upstream that
+        # fails right after it can still be replaced by the next candidate.
+        held: bytes | None = None
         async for chunk in provider.stream(body):
-            meter.accepted = True
+            if not meter.accepted:
+                meter.accepted = True
+                meter.first_token_s = time.monotonic() - meter.started
             tokens = tokens_from_usage(chunk.get("usage"))
             if tokens is not None:
                 meter.usage = tokens
@@ -227,7 +372,15 @@ class JobRunner:
                     usage_sent = True
             else:
                 chunk.pop("usage", None)
+            if not publisher.has_output and held is None and _only_role(choices):
+                held = _encode(chunk)
+                continue
+            if held is not None:
+                publisher.frame(held)
+                held = None
             publisher.frame(_encode(chunk))
+        if held is not None:
+            publisher.frame(held)
         if job.include_usage and not usage_sent:
             publisher.frame(_encode({
                 "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
@@ -235,7 +388,7 @@ class JobRunner:
             }))
         await publisher.finish("done")
 
-    async def _embeddings(self, job: Job, provider: Provider, body: dict, meter: Meter,
+    async def _embeddings(self, job: Job, target: Target, provider: Provider, body: dict, meter: Meter,
                           publisher: ReplyPublisher) -> None:
         encoding = body.get("encoding_format") or "float"
         dimensions = body.get("dimensions")
@@ -244,6 +397,7 @@ class JobRunner:
         body["encoding_format"] = "float"
         result = await provider.embed(body)
         meter.accepted = True
+        meter.first_token_s = time.monotonic() - meter.started
         data = result.get("data")
         if not isinstance(data, list):
             raise InternalError("The upstream's embeddings answer has no 'data' list.")
@@ -257,16 +411,40 @@ class JobRunner:
             item["embedding"] = shape_embedding(vector, dimensions, encoding)
         meter.usage = tokens_from_usage({"completion_tokens": 0, **(result.get("usage") or {})})
         result["object"] = "list"
-        result["model"] = job.targets[0].model_id
+        result["model"] = target.model_id
         result["usage"] = {"prompt_tokens": meter.tokens().tokens_in, "total_tokens": meter.tokens().tokens_in}
         await publisher.finish("result", body=_encode(result))
 
-    async def _record(self, job: Job, model_id: str, provider: str, meter: Meter, started: float,
-                      status: str) -> None:
-        props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=model_id,
-                            provider=provider, tokens=meter.tokens(), model=self.registry.models.get(model_id),
-                            started=started, status=status)
-        try:
-            await self.usage.record(props)
-        except Exception:
-            logger.exception("could not record usage of %s", job.request_id)
+    async def _settle(self, job: Job, target: Target, meter: Meter | None, started: float, status: str,
+                      attempts: int) -> None:
+        """Meter the request if an upstream accepted it, then run the extensions' after-usage hooks
+        (with zero usage when nothing was used, so reservations are released)."""
+        used = meter is not None and meter.accepted
+        tokens = meter.tokens() if used else Tokens(0, 0)
+        props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=target.model_id,
+                            provider=target.provider, tokens=tokens,
+                            model=self.registry_source.current.models.get(target.model_id),
+                            started=started, status=status, attempts=attempts)
+        if used:
+            try:
+                await self.usage.record(props)
+            except Exception:
+                logger.exception("could not record usage of %s", job.request_id)
+        for extension in self.extensions:
+            try:
+                await extension.after_usage(props, job.reservations)
+            except Exception:
+                logger.exception("extension %s failed after the usage of %s", extension.name, job.request_id)
+
+
+def _only_role(choices: list[Any]) -> bool:
+    """Whether a chunk's choices say nothing yet: a role, empty content, no tool call, no finish."""
+    if not choices:
+        return False
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict) or choice.get("finish_reason") is not None:
+            return False
+        if delta.get("content") or delta.get("tool_calls") or delta.get("function_call") or delta.get("refusal"):
+            return False
+    return True

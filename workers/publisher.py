@@ -61,11 +61,14 @@ class ReplyHub:
         self._wake = asyncio.Event()
         self.batches_sent = 0
 
-    def open(self, channel: str, request_id: str) -> "ReplyPublisher":
-        """A publisher for one request; :meth:`ReplyPublisher.start` begins its reply."""
+    def open(self, channel: str, request_id: str, seq: int = 0) -> "ReplyPublisher":
+        """A publisher for one request; :meth:`ReplyPublisher.start` begins its reply.
+
+        :param seq: the first sequence number, past the messages of the workers that had it before.
+        """
         self._open[channel] = self._open.get(channel, 0) + 1
         self.open_requests += 1
-        return ReplyPublisher(self, channel, request_id)
+        return ReplyPublisher(self, channel, request_id, seq)
 
     def _closed(self, channel: str) -> None:
         self.open_requests -= 1
@@ -146,11 +149,11 @@ class ReplyHub:
 class ReplyPublisher:
     """The ordered replies of one request: frames produced between two batches travel as one message."""
 
-    def __init__(self, hub: ReplyHub, channel: str, request_id: str) -> None:
+    def __init__(self, hub: ReplyHub, channel: str, request_id: str, seq: int = 0) -> None:
         self._hub = hub
         self.channel = channel
         self.request_id = request_id
-        self._seq = 0
+        self._seq = seq
         self._start: Reply | None = None
         self._frames: list[bytes] = []
         self._final: Reply | None = None
@@ -163,8 +166,19 @@ class ReplyPublisher:
         # this worker die before it records the usage itself.
         self.out_chars = 0
 
+    @property
+    def has_output(self) -> bool:
+        """Whether any frame of the answer went (or is going) to the client: past that, no fallback."""
+        return self.frames_sent > 0 or bool(self._frames)
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next message would carry (for the worker a request is handed to)."""
+        return self._seq
+
     def start(self, model_id: str) -> None:
-        """Begin the reply: the front door learns the job has a worker, and which model serves."""
+        """Begin the reply (or a new attempt of it): the front door learns the job has a worker, and
+        which model serves."""
         self._start = Reply(self.request_id, 0, "start", model_id=model_id)
         self._mark()
 
@@ -181,7 +195,7 @@ class ReplyPublisher:
     async def finish(self, kind: str, *, body: bytes | None = None, error: GatewayError | None = None) -> None:
         """Send what is buffered plus the final message, and wait until it is out.
 
-        :param kind: ``done``, ``result`` or ``error``.
+        :param kind: ``done``, ``result``, ``error``, or ``handoff`` (another worker continues).
         :raises ReplyLost: it could not be published.
         """
         if self._error is not None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,14 +29,17 @@ from redis.exceptions import RedisError
 
 from shared.config import Settings
 from shared.errors import GatewayError
+from shared.extensions import Extension, build_extensions
+from shared.fleet import PoolCapacity
+from shared.health import RouteHealth
 from shared.keys import Keys
-from shared.queue import JOB_FUNCTIONS, job_deserializer, job_serializer
+from shared.queue import JOB_FUNCTIONS, Enqueuer, job_deserializer, job_serializer
 from shared.reconnect import Reconnect
-from shared.registry import Registry
+from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel
 
-from .jobs import JobRunner
+from .jobs import Handoff, JobRunner
 from .providers import build_provider
 from .providers.http import Timeouts, UpstreamHTTP
 from .publisher import ReplyHub
@@ -214,29 +218,41 @@ async def _run_job(ctx: dict, payload: bytes) -> None:
     await ctx["runner"].run(payload)
 
 
+def provider_names(settings: Settings, providers: list[str] | None) -> list[str]:
+    """The provider queues to serve: those asked for (all enabled ones when none), each checked.
+
+    :raises GatewayError: a provider that is not enabled or has no credentials, said plainly.
+    """
+    enabled = settings.enabled_providers
+    names = providers or list(enabled)
+    for name in names:
+        if name not in enabled:
+            raise GatewayError(f"provider {name!r} is not enabled in {settings.source}")
+        missing = enabled[name].missing_credentials()
+        if missing:
+            raise GatewayError(
+                f"provider {name!r} has no credentials: {missing} "
+                f"(or set enabled = false in [gateway.providers.{name}])"
+            )
+    return names
+
+
 class WorkerProcess:
     """Runs the workers for some providers until told to stop.
 
     :param settings: the gateway settings.
-    :param registry: the model registry (prices for metering).
+    :param registry: the model registry (prices for metering), reloading or fixed.
     :param providers: names of the provider queues to serve; all enabled ones when empty.
+    :param extensions: their after-usage hooks run once per request this process serves.
     """
 
-    def __init__(self, settings: Settings, registry: Registry, providers: list[str] | None = None) -> None:
-        enabled = settings.enabled_providers
-        names = providers or list(enabled)
-        for name in names:
-            if name not in enabled:
-                raise GatewayError(f"provider {name!r} is not enabled in {settings.source}")
-            missing = enabled[name].missing_credentials()
-            if missing:
-                raise GatewayError(
-                    f"provider {name!r} has no credentials: {missing} "
-                    f"(or set enabled = false in [gateway.providers.{name}])"
-                )
+    def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, providers: list[str] | None = None,
+                 extensions: Sequence[Extension] = ()) -> None:
+        names = provider_names(settings, providers)
         self.settings = settings
         self.registry = registry
         self.names = names
+        self.extensions = list(extensions)
         self.keys = Keys(settings.key_prefix)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = asyncio.Event()
@@ -250,7 +266,12 @@ class WorkerProcess:
             providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
             usage = UsageRecorder(redis, self.keys, s.usage_retention_days, s.usage_spool)
             hub = ReplyHub(redis, self.worker_id, s.heartbeat_interval)
-            runner = JobRunner(s, self.registry, redis, providers, usage, hub)
+            capacity = PoolCapacity(redis, self.keys, list(s.enabled_providers), s.heartbeat_interval,
+                                    s.queue_backlog)
+            runner = JobRunner(s, self.registry, redis, providers, usage, hub,
+                               health=RouteHealth(redis, self.keys, s.routing),
+                               handoff=Handoff(Enqueuer(redis, self.keys), capacity, s.queue_timeout),
+                               extensions=self.extensions)
             wakes = {n: asyncio.Event() for n in self.names}
             workers = [
                 WakeableWorker(
@@ -376,20 +397,27 @@ class WorkerProcess:
             pass
 
 
-async def run_worker_process(settings: Settings, registry: Registry, providers: list[str] | None = None) -> None:
+async def run_worker_process(settings: Settings, registry: RegistrySource | FixedRegistry,
+                             providers: list[str] | None = None) -> None:
     """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM."""
     from arq.connections import create_pool, RedisSettings
 
     from shared.runtime import tune_process
 
-    process = WorkerProcess(settings, registry, providers)
+    provider_names(settings, providers)  # before connecting: a missing key is said first
     tune_process()
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
                               job_deserializer=job_deserializer)
+    process = WorkerProcess(settings, registry, providers, build_extensions(settings, redis))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, process.stop)
+    registry.install_sighup(loop)
+    watcher = asyncio.create_task(registry.watch(), name="registry-watch")
     try:
         await process.run(redis)
     finally:
+        watcher.cancel()
+        for extension in process.extensions:
+            await extension.close()
         await redis.aclose()
