@@ -70,9 +70,11 @@ class LocalKey:
         return cls(key)
 
     def mint(self, user_id: str, ttl_s: int = 86_400, issuer: str | None = None,
-             audience: str | None = None) -> str:
+             audience: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        """A token for ``user_id``; ``extra`` adds claims (a tier, a data region) that quotas and
+        extensions read."""
         now = int(time.time())
-        claims: dict[str, Any] = {"sub": user_id, "iat": now, "nbf": now, "exp": now + ttl_s}
+        claims: dict[str, Any] = {**(extra or {}), "sub": user_id, "iat": now, "nbf": now, "exp": now + ttl_s}
         if issuer:
             claims["iss"] = issuer
         if audience:

@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     routing: RoutingSettings = msgspec.field(default_factory=lambda: RoutingSettings())
     # `[gateway.quota]`: per-user limits (shared/quota.py); absent, no quota is enforced.
     quota: dict[str, Any] | None = None
+    # `[gateway.regions]`: keep callers' requests within their data region (shared/regions.py).
+    regions: dict[str, Any] | None = None
     providers: dict[str, Any] = {}
     # Where the values came from, for messages; not a key of the section.
     source: str = "<defaults>"

@@ -97,9 +97,14 @@ class Extension:
 
 
 def build_extensions(settings: Settings, redis: Redis) -> list[Extension]:
-    """The extensions a gateway process runs with: the built-in quota when ``[gateway.quota]`` is
-    set, then those named in ``extensions``."""
+    """The extensions a gateway process runs with: the built-in region router when
+    ``[gateway.regions]`` is set, the built-in quota when ``[gateway.quota]`` is, then those named
+    in ``extensions``."""
     extensions: list[Extension] = []
+    if settings.regions is not None:
+        from .regions import region_router
+
+        extensions.append(region_router(settings))
     if settings.quota is not None:
         from .keys import Keys
         from .quota import QuotaExtension, QuotaSettings

@@ -124,6 +124,7 @@ base_url = "http://127.0.0.1:9/v1"
         self.env.update(env or {})
         self.api: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
+        self.extras: list[subprocess.Popen] = []
         self.redis = redis.Redis.from_url(redis_url)
 
     def _spawn(self, *args: str) -> subprocess.Popen:
@@ -150,6 +151,33 @@ base_url = "http://127.0.0.1:9/v1"
         self.stop()
         raise RuntimeError(f"gateway did not become healthy in {START_TIMEOUT}s:\n{self.logs()}")
 
+    def extra_api(self) -> str:
+        """Start one more front door on the same Redis (another replica); returns its API base URL.
+
+        Stopped with the gateway.
+        """
+        port = free_port()
+        proc = self._spawn("api", "--bind", f"127.0.0.1:{port}")
+        self.extras.append(proc)
+        base_url = f"http://127.0.0.1:{port}/ai/v1"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code in (200, 503):
+                    return base_url
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"extra api exited at start:\n{self.logs()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"extra api did not start in {START_TIMEOUT}s:\n{self.logs()}")
+
+    def extra_worker(self, *providers: str) -> subprocess.Popen:
+        """Start one more worker process serving ``providers``; stopped with the gateway."""
+        proc = self._spawn("worker", *(arg for name in providers for arg in ("--provider", name)))
+        self.extras.append(proc)
+        return proc
+
     def start_worker(self) -> None:
         self.worker = self._spawn("worker", *(arg for name in self.worker_providers for arg in ("--provider", name)))
 
@@ -162,10 +190,10 @@ base_url = "http://127.0.0.1:9/v1"
         return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.workdir.glob("*.log"))
 
     def stop(self) -> None:
-        for proc in (self.api, self.worker):
+        for proc in (self.api, self.worker, *self.extras):
             if proc and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (self.api, self.worker):
+        for proc in (self.api, self.worker, *self.extras):
             if proc:
                 try:
                     proc.wait(10)
@@ -176,11 +204,12 @@ base_url = "http://127.0.0.1:9/v1"
             self.redis.delete(key)
         self.redis.close()
 
-    def token(self, user: str = "user_test", ttl: int = 3600) -> str:
-        return LocalKey.load_or_create(self.data_dir).mint(user, ttl)
+    def token(self, user: str = "user_test", ttl: int = 3600, **claims) -> str:
+        return LocalKey.load_or_create(self.data_dir).mint(user, ttl, extra=claims)
 
-    def client(self, user: str = "user_test", **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=self.token(user), max_retries=0,
+    def client(self, user: str = "user_test", claims: dict | None = None, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=kwargs.pop("base_url", self.base_url), api_key=self.token(user, **(claims or {})),
+                             max_retries=0,
                              timeout=kwargs.pop("timeout", 20.0), **kwargs)
 
     def usage_events(self) -> list[dict]:
