@@ -1,8 +1,9 @@
-"""The ``reactor`` command: run the gateway and mint tokens.
+"""The ``reactor`` command.
 
 ``reactor serve`` runs everything on one box (a private Redis when ``REDIS_URL`` is unset,
 the front door and one worker process); ``reactor api`` and ``reactor worker`` run the two
-halves separately, for fleets.
+halves separately, for fleets. ``reactor auth …`` (``cli_auth.py``) signs in and manages users;
+``reactor ai …`` (``cli_ai.py``) talks to a running gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shared.config import ConfigError, Settings, load_settings, split_bind
 from shared.errors import GatewayError
 from shared.registry import RegistryError
 
+from . import cli_ai, cli_auth
 from .embedded_redis import EmbeddedRedisError
 
 
@@ -131,53 +133,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             embedded.stop()
 
 
-def cmd_auth_token(args: argparse.Namespace, settings: Settings) -> int:
-    from .auth import LocalKey
-
-    if settings.auth_url:
-        print("This gateway verifies tokens from the Identity service at REACTOR_AI_AUTH_URL; "
-              "get a token there.", file=sys.stderr)
-        return 2
-    key = LocalKey.load_or_create(settings.data_dir)
-    print(key.mint(args.user_id, args.ttl, settings.auth_issuer, settings.auth_audience))
-    return 0
-
-
-def cmd_models_import(args: argparse.Namespace, settings: Settings) -> int:
-    """Write an overlay with OpenRouter's current prices and context windows."""
-    from pathlib import Path
-
-    import httpx
-
-    from shared.model_import import ImportProblem, overlay_from_openrouter
-    from shared.overlay import registry_for
-
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        print(f"reactor: {output} exists; pass --force to replace it", file=sys.stderr)
-        return 2
-    openrouter = settings.providers.get("openrouter")
-    base_url = args.url or (openrouter.base_url if openrouter else None) or "https://openrouter.ai/api/v1"
-    headers = {"Authorization": f"Bearer {openrouter.api_key}"} if openrouter and openrouter.api_key else {}
-    try:
-        response = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=settings.registry_timeout)
-        response.raise_for_status()
-        listing = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        print(f"reactor: cannot read OpenRouter's model list from {base_url}/models: {exc}", file=sys.stderr)
-        return 2
-    registry = asyncio.run(registry_for(settings))
-    try:
-        text = overlay_from_openrouter(listing, registry, include_new=args.all, source=f"{base_url}/models")
-    except ImportProblem as exc:
-        print(f"reactor: {exc}", file=sys.stderr)
-        return 2
-    output.write_text(text)
-    print(f"wrote {output}: {text.splitlines()[1].lstrip('# ')}")
-    print(f"use it with registry_overlay = \"{output}\" in reactor.toml (or copy the tables you want into yours)")
-    return 0
-
-
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
@@ -210,28 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--provider", action="append", help="serve this provider's queue (repeatable; default: all enabled)")
     worker.set_defaults(handler=cmd_worker)
 
-    auth = sub.add_parser("auth", help="tokens")
-    auth_sub = auth.add_subparsers(dest="auth_command", required=True)
-    token = auth_sub.add_parser("token", help="mint a token for USER_ID with the single-box key")
-    common(token)
-    token.add_argument("user_id")
-    token.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default: one day)")
-    token.set_defaults(handler=cmd_auth_token)
-
-    ai = sub.add_parser("ai", help="the model registry")
-    ai_sub = ai.add_subparsers(dest="ai_command", required=True)
-    models = ai_sub.add_parser("models", help="models and prices")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    importer = models_sub.add_parser("import", help="write an overlay with a provider's current prices")
-    common(importer)
-    importer.add_argument("source", choices=["openrouter"], help="where to read the model list")
-    importer.add_argument("--output", default="ai-models.openrouter.toml",
-                          help="the overlay file to write (default: ai-models.openrouter.toml)")
-    importer.add_argument("--all", action="store_true",
-                          help="also add every model the registry does not have, under its OpenRouter id")
-    importer.add_argument("--url", help="the model list's base URL (default: the openrouter provider's base_url)")
-    importer.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    importer.set_defaults(handler=cmd_models_import)
+    cli_auth.register(sub, common)
+    cli_ai.register(sub, common)
     return parser
 
 
@@ -239,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"))
     try:
+        # Server commands read reactor.toml; client commands (`reactor ai …`, `auth login`) talk to
+        # a gateway over HTTP and never need it.
+        if getattr(args, "client", False):
+            return args.handler(args)
         settings = _settings(args)
         return args.handler(args, settings)
     except (ConfigError, RegistryError, GatewayError, EmbeddedRedisError) as exc:
