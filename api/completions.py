@@ -1,25 +1,22 @@
-"""``POST /ai/v1/chat/completions`` and ``POST /ai/v1/embeddings``.
+"""The OpenAI surface: ``POST /ai/v1/chat/completions`` and ``POST /ai/v1/embeddings``.
 
-Route → validate → resolve the model → enqueue → relay what the worker sends back.
+Route → validate → resolve the model → enqueue → relay what the worker sends back. The worker
+already speaks this surface's chunks, so a stream's frames are relayed as bytes, untouched.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.errors import GatewayError, InternalError, InvalidRequest
-from shared.extensions import RequestInfo
-from shared.routing import plan
-from shared.usage import estimate_tokens, prompt_chars
-from shared.wire import ChatRequest, EmbeddingsRequest, Job, check_chat, check_embeddings, decode_request
+from shared.errors import GatewayError
+from shared.wire import ChatRequest, EmbeddingsRequest, Job, check_chat, check_embeddings
 
 from .gateway import Gateway
+from .inference import admit, response_headers, single, submit
 from .replies import ReplyStream, reply_error
 from .sse import EventStreamResponse
 
@@ -30,60 +27,21 @@ def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def _admit(request: Request, schema: type, check: Callable[[Any], None],
-                 kind: str) -> tuple[Gateway, Any, Job]:
-    """The steps every inference route shares: who asks, what they ask, which targets may serve
-    it (the strategy's order, the extensions' routing, what is available now), and whether the
-    caller's quota allows it."""
+async def _read_and_admit(request: Request, schema: type, check: Callable[[Any], None],
+                          kind: str) -> tuple[Gateway, Any, Job]:
     gateway: Gateway = request.app.state.gateway
     identity = await gateway.authenticate(request)
     body = await gateway.read_body(request)
-    typed, raw = decode_request(body, schema)
-    check(typed)
-    alias, targets = await plan(gateway.registry, typed.model, kind, gateway.round_robin_turn, speed=gateway.speed)
-    request_id = uuid.uuid4().hex
-    info: RequestInfo | None = None
-    if gateway.extensions:
-        info = RequestInfo(
-            request_id=request_id, user_id=identity.user_id, claims=identity.claims,
-            headers={k: v for k, v in request.headers.items() if k != "authorization"}, kind=kind, model=typed.model,
-            prompt_tokens=estimate_tokens(prompt_chars(raw)),
-            max_tokens=getattr(typed, "max_completion_tokens", None) or getattr(typed, "max_tokens", None))
-        for extension in gateway.extensions:
-            targets = await extension.route(info, targets)
-            if not targets:
-                raise InvalidRequest(f"No route may serve '{typed.model}' for this request.", param="model",
-                                     code="no_route")
-    targets = await gateway.available(targets)
-    job = Job(request_id=request_id, kind=kind, reply_channel=gateway.replies.channel,
-              user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time())
-    if info is not None:
-        try:
-            for extension in gateway.extensions:
-                reservation = await extension.check_quota(info)
-                if reservation is not None:
-                    job.reservations.append(reservation)
-        except BaseException:
-            await gateway.release(job)
-            raise
+    typed, job = await admit(gateway, identity, request.headers, body, schema, check, kind, surface=kind)
     return gateway, typed, job
 
 
-async def _submit(gateway: Gateway, job: Job) -> ReplyStream:
-    """Enqueue the job; a job that never reached a worker gives its reservations back."""
-    try:
-        return await gateway.submit(job)
-    except GatewayError:
-        await gateway.release(job)
-        raise
-
-
 async def chat_completions(request: Request) -> Response:
-    gateway, chat, job = await _admit(request, ChatRequest, check_chat, "chat")
+    gateway, chat, job = await _read_and_admit(request, ChatRequest, check_chat, "chat")
     job.stream = stream = bool(chat.stream)
     job.include_usage = stream and bool(chat.stream_options and chat.stream_options.include_usage)
-    replies = await _submit(gateway, job)
-    headers = _headers(gateway, job)
+    replies = await submit(gateway, job)
+    headers = response_headers(gateway, job)
     if not stream:
         return await _single(gateway, replies, headers)
     try:
@@ -99,30 +57,14 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    gateway, _, job = await _admit(request, EmbeddingsRequest, check_embeddings, "embeddings")
-    replies = await _submit(gateway, job)
-    return await _single(gateway, replies, _headers(gateway, job))
-
-
-def _headers(gateway: Gateway, job: Job) -> dict[str, str]:
-    headers = {"X-Request-Id": job.request_id}
-    for extension in gateway.extensions:
-        headers.update(extension.response_headers(job.reservations))
-    return headers
+    gateway, _, job = await _read_and_admit(request, EmbeddingsRequest, check_embeddings, "embeddings")
+    replies = await submit(gateway, job)
+    return Response(await single(gateway, replies), media_type="application/json",
+                    headers=response_headers(gateway, job))
 
 
 async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str]) -> Response:
-    try:
-        reply = await replies.next()
-    except BaseException:
-        gateway.abandon(replies)
-        raise
-    replies.close()
-    if reply.kind == "result" and reply.body is not None:
-        return Response(reply.body, media_type="application/json", headers=headers)
-    if reply.kind == "error":
-        raise reply_error(reply)
-    raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
+    return Response(await single(gateway, replies), media_type="application/json", headers=headers)
 
 
 async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> AsyncIterator[bytes]:

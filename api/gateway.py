@@ -205,7 +205,8 @@ class Gateway:
         tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,
                             model_id=target.model_id, provider=target.provider, tokens=tokens,
-                            model=self.registry.models.get(target.model_id), started=started, status="worker_lost")
+                            model=self.registry.models.get(target.model_id), started=started, status="worker_lost",
+                            surface=job.surface)
         try:
             await self.usage.record(props)
         except (RedisError, OSError):

@@ -75,6 +75,8 @@ class UsageProperties(msgspec.Struct):
     cache_write_tokens: int = 0
     # Targets tried for the request, the one that served included (more than 1 after a fallback).
     attempts: int = 1
+    # The API the client spoke: chat, embeddings, responses or messages.
+    surface: str = "chat"
 
 
 class UsageEvent(msgspec.Struct):
@@ -154,7 +156,7 @@ def cost_usd(tokens: Tokens, input_price: float, output_price: float, cached_pri
 
 def build_usage(*, request_id: str, user_id: str, alias: str | None, model_id: str, provider: str,
                 tokens: Tokens, model: Model | None, started: float, status: str,
-                attempts: int = 1) -> UsageProperties:
+                attempts: int = 1, surface: str = "chat") -> UsageProperties:
     """One request's usage record, priced with the registry's prices for ``model``."""
     now = time.time()
     cost = cost_usd(tokens, model.input_price_per_mtok, model.output_price_per_mtok,
@@ -164,7 +166,7 @@ def build_usage(*, request_id: str, user_id: str, alias: str | None, model_id: s
         request_id=request_id, provider=provider, timestamp=now, latency_ms=round((now - started) * 1000, 2),
         cost_usd=cost, status=status, alias=alias, cached_tokens=tokens.cached_tokens,
         reasoning_tokens=tokens.reasoning_tokens, estimated=tokens.estimated,
-        cache_write_tokens=tokens.cache_write_tokens, attempts=attempts,
+        cache_write_tokens=tokens.cache_write_tokens, attempts=attempts, surface=surface,
     )
 
 

@@ -245,6 +245,8 @@ class Job(Struct, array_like=True):
     tried: int = 0
     reply_seq: int = 0
     reservations: list[Reservation] = []
+    # The API the client spoke (chat, embeddings, responses, messages), recorded with the usage.
+    surface: str = "chat"
 
 
 # -------------------------------------------------------------------------------------------

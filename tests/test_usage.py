@@ -111,6 +111,7 @@ def test_record_writes_counters_index_and_one_event() -> None:
                 "estimated": True,
                 "cache_write_tokens": 0,
                 "attempts": 1,
+                "surface": "chat",
             },
         }
 

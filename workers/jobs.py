@@ -424,7 +424,7 @@ class JobRunner:
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=target.model_id,
                             provider=target.provider, tokens=tokens,
                             model=self.registry_source.current.models.get(target.model_id),
-                            started=started, status=status, attempts=attempts)
+                            started=started, status=status, attempts=attempts, surface=job.surface)
         if used:
             try:
                 await self.usage.record(props)

@@ -1,0 +1,154 @@
+"""What every inference surface of the front door shares.
+
+A surface (chat completions and embeddings in ``completions.py``; the Responses and Messages APIs
+in their own modules) reads its request, translates it into the gateway's internal request (an
+OpenAI chat or embeddings body), and then goes through the same steps here: :func:`admit`
+(which targets may serve it, the extensions' routing, availability, quota), :func:`submit`
+(enqueue; wait for a worker), and reading the worker's replies, either as one result
+(:func:`single`) or chunk by chunk (:func:`chunks`). Providers, routing, quotas and metering are
+therefore never copied per surface; the job's ``surface`` names which one served, for usage.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from shared.errors import GatewayError, InternalError, InvalidRequest
+from shared.extensions import RequestInfo
+from shared.routing import plan
+from shared.usage import estimate_tokens, prompt_chars
+from shared.wire import Job, decode_request
+
+from .auth import Identity
+from .gateway import Gateway
+from .replies import ReplyStream, reply_error
+
+_chunk_decoder = msgspec.json.Decoder()
+
+
+async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str], body: bytes, schema: type,
+                check: Callable[[Any], None], kind: str, surface: str) -> tuple[Any, Job]:
+    """Validate ``body`` (an OpenAI chat or embeddings request) and make its job.
+
+    Which targets may serve it (the strategy's order, the extensions' routing, what is available
+    now), and whether the caller's quota allows it.
+
+    :param headers: the client's request headers, for the extensions.
+    :param surface: which API the client spoke (``chat``, ``embeddings``, ``responses``, ``messages``).
+    """
+    typed, raw = decode_request(body, schema)
+    check(typed)
+    alias, targets = await plan(gateway.registry, typed.model, kind, gateway.round_robin_turn, speed=gateway.speed)
+    request_id = uuid.uuid4().hex
+    info: RequestInfo | None = None
+    if gateway.extensions:
+        info = RequestInfo(
+            request_id=request_id, user_id=identity.user_id, claims=identity.claims,
+            headers={k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}, kind=kind,
+            model=typed.model, prompt_tokens=estimate_tokens(prompt_chars(raw)),
+            max_tokens=getattr(typed, "max_completion_tokens", None) or getattr(typed, "max_tokens", None))
+        for extension in gateway.extensions:
+            targets = await extension.route(info, targets)
+            if not targets:
+                raise InvalidRequest(f"No route may serve '{typed.model}' for this request.", param="model",
+                                     code="no_route")
+    targets = await gateway.available(targets)
+    job = Job(request_id=request_id, kind=kind, reply_channel=gateway.replies.channel,
+              user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time(),
+              surface=surface)
+    if info is not None:
+        try:
+            for extension in gateway.extensions:
+                reservation = await extension.check_quota(info)
+                if reservation is not None:
+                    job.reservations.append(reservation)
+        except BaseException:
+            await gateway.release(job)
+            raise
+    return typed, job
+
+
+async def submit(gateway: Gateway, job: Job) -> ReplyStream:
+    """Enqueue the job and wait for a worker to take it; a job that never reached a worker gives
+    its reservations back."""
+    try:
+        return await gateway.submit(job)
+    except GatewayError:
+        await gateway.release(job)
+        raise
+
+
+def response_headers(gateway: Gateway, job: Job) -> dict[str, str]:
+    """``X-Request-Id`` and what the extensions add (``x-ratelimit-*``)."""
+    headers = {"X-Request-Id": job.request_id}
+    for extension in gateway.extensions:
+        headers.update(extension.response_headers(job.reservations))
+    return headers
+
+
+async def single(gateway: Gateway, replies: ReplyStream) -> bytes:
+    """The one result of a non-streamed job: the OpenAI response body.
+
+    :raises GatewayError: what the worker reported.
+    """
+    try:
+        reply = await replies.next()
+    except BaseException:
+        gateway.abandon(replies)
+        raise
+    replies.close()
+    if reply.kind == "result" and reply.body is not None:
+        return reply.body
+    if reply.kind == "error":
+        raise reply_error(reply)
+    raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
+
+
+class StreamFailed(Exception):
+    """A stream ended with an error; ``error`` is what to tell the client, ``partial`` whether any
+    chunk went before it."""
+
+    def __init__(self, error: GatewayError, partial: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.partial = partial
+
+
+async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncIterator[dict[str, Any]]:
+    """The OpenAI ``chat.completion.chunk`` objects of a streamed job, as the worker sends them.
+
+    Ends after the last chunk; a failure ends it with :class:`StreamFailed`. Leaving the loop
+    early (the client hung up) stops the worker's upstream call. A worker that dies mid-stream
+    is metered for what was sent, as the chat completions surface does.
+    """
+    finished = False
+    sent = False
+    out_chars = 0
+    try:
+        while True:
+            try:
+                reply = await replies.next()
+            except GatewayError as exc:
+                if out_chars:
+                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id))
+                raise StreamFailed(exc, sent) from None
+            out_chars = reply.out_chars
+            for frame in reply.frames:
+                sent = True
+                yield _chunk_decoder.decode(frame)
+            if reply.kind == "done":
+                finished = True
+                return
+            if reply.kind == "error":
+                finished = True
+                raise StreamFailed(reply_error(reply), sent)
+    finally:
+        if finished:
+            replies.close()
+        else:
+            gateway.abandon(replies)
