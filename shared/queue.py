@@ -54,6 +54,14 @@ return out
 """
 
 
+def queue_job_id(job: Job) -> str:
+    """The arq job id ``job`` is queued under: its request id, plus the attempt once it is handed
+    to another pool. The hand-off is queued while the worker handing it over still holds its own
+    claim on the request id (and bumps its try count), and that worker clears the id's keys when
+    its job ends: under the same id the next pool could neither claim the job nor read it."""
+    return job.request_id if job.attempt == 0 else f"{job.request_id}:{job.attempt}"
+
+
 class Enqueuer:
     """Batches the enqueues of one process: all jobs submitted in the same turn of the event
     loop go to Redis as one script call.
@@ -83,8 +91,9 @@ class Enqueuer:
         keys: list[str] = []
         args: list[bytes | str | int] = []
         for job, provider, expires_s, limit in batch:
-            keys += [self._keys.queue(provider), job_key_prefix + job.request_id]
+            job_id = queue_job_id(job)
+            keys += [self._keys.queue(provider), job_key_prefix + job_id]
             args += [serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None, now_ms,
                                    serializer=job_serializer),
-                     int(expires_s * 1000), now_ms, limit, job.request_id, self._keys.queue_notify(provider)]
+                     int(expires_s * 1000), now_ms, limit, job_id, self._keys.queue_notify(provider)]
         return [bool(ok) for ok in await self._admit(keys=keys, args=args)]
