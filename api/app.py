@@ -24,7 +24,11 @@ from shared.registry import Registry
 from .auth import JWKSVerifier, LocalKey, LocalVerifier, Verifier
 from .catalog import get_model, health, list_models
 from .completions import chat_completions, embeddings
+from . import responses
+from .messages import ROUTES as MESSAGES_ROUTES
 from .gateway import Gateway
+from .identity import ROUTES as IDENTITY_ROUTES
+from .identity import IdentityService
 
 logger = logging.getLogger("reactor.api")
 
@@ -81,12 +85,17 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
                 stack.callback(source.remove_sighup)
             stack.push_async_callback(redis.aclose)
             ver = verifier
+            # Without an external Identity the local key signs (the embedded Identity's tokens and
+            # `reactor auth token`'s) and verifies.
+            local_key = LocalKey.load_or_create(settings.data_dir) if embedded_identity else None
             if ver is None and settings.auth_url:
                 http = await stack.enter_async_context(httpx.AsyncClient())
                 ver = JWKSVerifier(settings.auth_url, http, settings.auth_issuer, settings.auth_audience)
             elif ver is None:
-                ver = LocalVerifier(LocalKey.load_or_create(settings.data_dir), settings.auth_issuer,
+                ver = LocalVerifier(local_key or LocalKey.load_or_create(settings.data_dir), settings.auth_issuer,
                                     settings.auth_audience)
+            if local_key is not None:
+                app.state.identity = IdentityService(settings, redis, local_key, ver)
             exts = list(extensions) if extensions is not None else build_extensions(settings, redis)
             for extension in exts:
                 stack.push_async_callback(extension.close)
@@ -98,12 +107,18 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
                 on_ready()
             yield
 
+    # The embedded Identity (api/identity.py) serves sign-in unless an external one is configured.
+    embedded_identity = not settings.auth_url and settings.data_dir is not None
+
     routes = [
         Route("/ai/v1/health", health, methods=["GET"]),
         Route("/ai/v1/models", list_models, methods=["GET"]),
         Route("/ai/v1/models/{name:path}", get_model, methods=["GET"]),
         Route("/ai/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/ai/v1/embeddings", embeddings, methods=["POST"]),
+        *responses.ROUTES,
+        *MESSAGES_ROUTES,
+        *(IDENTITY_ROUTES if embedded_identity else ()),
     ]
     return Starlette(
         routes=routes,

@@ -1,8 +1,9 @@
 """Bearer JWT verification.
 
 Two sources of keys: the Identity service's JWKS (``REACTOR_AI_AUTH_URL``), or in single-box
-mode a local Ed25519 key kept in the data directory, for which ``reactor auth token`` mints
-tokens. Either way a token is accepted only with its key's own algorithm, so ``none`` and
+mode a local Ed25519 key kept in the data directory, with which the embedded Identity
+(``api/identity.py``) signs its access tokens and ``reactor auth token`` mints tokens for
+scripts. Either way a token is accepted only with its key's own algorithm, so ``none`` and
 HS/RS confusion are impossible, and ``exp`` is required.
 """
 
@@ -80,6 +81,11 @@ class LocalKey:
         if audience:
             claims["aud"] = audience
         return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        """The public key as a JWK set, as the embedded Identity publishes it."""
+        return {"keys": [self.public_jwk]}
 
 
 class Verifier:
@@ -169,7 +175,7 @@ class Verifier:
 class LocalVerifier(Verifier):
     def __init__(self, key: LocalKey, issuer: str | None = None, audience: str | None = None) -> None:
         super().__init__(issuer, audience)
-        self._set_keys({"keys": [key.public_jwk]})
+        self._set_keys(key.jwks)
 
 
 class JWKSVerifier(Verifier):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import msgspec
 from redis.exceptions import RedisError
@@ -15,6 +16,7 @@ from shared.fleet import live_workers
 from shared.registry import Registry
 
 from .gateway import Gateway
+from .messages import authenticate  # a Bearer token, or Anthropic's x-api-key header
 
 
 class ModelObject(msgspec.Struct, omit_defaults=True):
@@ -30,36 +32,53 @@ class ModelObject(msgspec.Struct, omit_defaults=True):
     context_window: int | None = None
     input_price_per_mtok: float | None = None
     output_price_per_mtok: float | None = None
+    cached_input_price_per_mtok: float | None = None
+    # The provider tables that can serve the model, in the order they are tried.
+    providers: list[str] | None = None
+    # Anthropic's model fields, set on every model so the anthropic SDKs parse the same list.
+    type: str | None = None
+    display_name: str | None = None
+    created_at: str | None = None  # RFC 3339, from `created`
 
 
 class ModelList(msgspec.Struct):
     data: list[ModelObject]
     object: str = "list"
+    # Anthropic's page fields: the whole list is one page.
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 def model_objects(registry: Registry) -> dict[str, ModelObject]:
     objects = {
         m.id: ModelObject(id=m.id, created=m.created, owned_by=m.owned_by, object="model", capabilities=sorted(m.capabilities),
                           context_window=m.context_window or None, input_price_per_mtok=m.input_price_per_mtok,
-                          output_price_per_mtok=m.output_price_per_mtok)
+                          output_price_per_mtok=m.output_price_per_mtok,
+                          cached_input_price_per_mtok=m.cached_input_price_per_mtok,
+                          providers=list(dict.fromkeys(route.provider for route in m.routes)))
         for m in registry.models.values()
     }
     for a in registry.aliases.values():
         objects[a.name] = ModelObject(id=a.name, created=0, owned_by="reactor", object="model", alias=True, strategy=a.strategy,
                                       targets=list(a.targets))
+    for obj in objects.values():
+        obj.type, obj.display_name = "model", obj.id
+        obj.created_at = datetime.fromtimestamp(obj.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return objects
 
 
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    await gateway.authenticate(request)
-    body = ModelList(list(request.app.state.gateway.model_objects().values()))
+    await authenticate(gateway, request)
+    data = list(request.app.state.gateway.model_objects().values())
+    body = ModelList(data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
     return Response(msgspec.json.encode(body), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    await gateway.authenticate(request)
+    await authenticate(gateway, request)
     name = request.path_params["name"]
     obj = gateway.model_objects().get(name)
     if obj is None:
@@ -82,6 +101,8 @@ class Health(msgspec.Struct):
     workers: dict[str, int]
     version: str
     registry: RegistryHealth | None = None
+    # What to set for each enabled provider this process sees no credentials for (never a secret).
+    missing_credentials: dict[str, str] = {}
 
 
 async def health(request: Request) -> Response:
@@ -106,5 +127,6 @@ async def health(request: Request) -> Response:
         status, code = "degraded", 200
     reg = gateway.registry_source.status
     registry = RegistryHealth(reg.source, reg.version, reg.loaded_at, reg.last_error)
-    return Response(msgspec.json.encode(Health(status, redis_ok, workers, __version__, registry)), status_code=code,
-                    media_type="application/json")
+    missing = {name: hint for name, p in gateway.settings.enabled_providers.items() if (hint := p.missing_credentials())}
+    return Response(msgspec.json.encode(Health(status, redis_ok, workers, __version__, registry, missing)),
+                    status_code=code, media_type="application/json")

@@ -85,6 +85,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.redis_url:
         raise ConfigError("reactor worker needs REDIS_URL (or gateway.redis_url)")
+    if args.demo:
+        from workers.providers.demo import demo_settings
+
+        settings = demo_settings(settings)
 
     async def main() -> None:
         registry = RegistrySource(settings)
@@ -106,6 +110,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # that would kill the process before the `finally` below stops the worker and Redis.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
+    if args.demo:
+        # Every model and alias routes to the local demo provider, every other provider is off:
+        # the API here and the worker (through its --demo) read the same overlay and tables.
+        from workers.providers.demo import demo_settings, write_demo_overlay
+
+        overlay = asyncio.run(write_demo_overlay(settings))
+        settings = demo_settings(settings)
+        print(f"Demo mode: every model is answered locally by the demo provider, no keys and no network "
+              f"(routes in {overlay})", flush=True)
+
     embedded = None
     env = dict(os.environ)
     if not settings.redis_url:
@@ -117,6 +131,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level]
     if args.config:
         worker_cmd += ["--config", args.config]
+    if args.demo:
+        worker_cmd.append("--demo")
     workers = [subprocess.Popen(worker_cmd, env=env, preexec_fn=die_with_parent) for _ in range(args.workers)]
     try:
         return cmd_api(args, settings)
@@ -153,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
     serve.add_argument("--workers", type=_positive, default=1,
                        help="worker processes to run beside the API (default 1; one per spare core pays off)")
+    serve.add_argument("--demo", action="store_true",
+                       help="answer every model with the local demo provider: no provider keys, no network")
     serve.set_defaults(handler=cmd_serve)
 
     api = sub.add_parser("api", help="run the front door only (needs REDIS_URL)")
@@ -163,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker process (needs REDIS_URL)")
     common(worker)
     worker.add_argument("--provider", action="append", help="serve this provider's queue (repeatable; default: all enabled)")
+    # Set by `reactor serve --demo` for its workers: serve the demo provider through the overlay it wrote.
+    worker.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(handler=cmd_worker)
 
     cli_auth.register(sub, common)

@@ -106,3 +106,45 @@ class Keys:
         """Marks a request's quota reservation as settled, so a second settlement (a worker that was
         only slow after the front door settled for it) changes nothing; expires after an hour."""
         return f"{self.prefix}quota:settled:{request_id}"
+
+    # -- identity (api/identity.py) -----------------------------------------------------------------
+
+    @property
+    def identity_emails(self) -> str:
+        """Hash of normalised email → user id: sign-in's lookup, and the user list without SCAN."""
+        return f"{self.prefix}identity:emails"
+
+    def identity_user(self, user_id: str) -> str:
+        """Hash of one user: ``id``, ``email``, ``password`` (an argon2id hash), ``disabled``, ``created_at``."""
+        return f"{self.prefix}identity:user:{user_id}"
+
+    def identity_user_sessions(self, user_id: str) -> str:
+        """Set of the session ids a user signed in with, so disabling or removing the user ends them all."""
+        return f"{self.prefix}identity:user:{user_id}:sessions"
+
+    def identity_session(self, session_id: str) -> str:
+        """Hash of one sign-in session (a refresh-token family): ``user`` and ``current``, the sha256 of
+        the only refresh token that may still be used. Its TTL is the refresh token's; deleting it
+        revokes the session."""
+        return f"{self.prefix}identity:session:{session_id}"
+
+    def identity_refresh(self, token_sha256: str) -> str:
+        """Hash of one refresh token, named by its sha256 (the token itself is never stored): ``user``
+        and ``session``. Kept after it is spent, until its TTL, so that a reuse is recognised."""
+        return f"{self.prefix}identity:refresh:{token_sha256}"
+
+    def identity_failures_email(self, email: str) -> str:
+        """Failed sign-ins for one account in the current window (a counter that expires with it)."""
+        return f"{self.prefix}identity:failures:email:{email}"
+
+    def identity_failures_address(self, address: str) -> str:
+        """Failed sign-ins from one client address in the current window."""
+        return f"{self.prefix}identity:failures:address:{address}"
+
+    # -- stored responses (api/responses.py) --------------------------------------------------------
+
+    def stored_response(self, response_id: str) -> str:
+        """JSON of one stored Responses API response: its owner, the conversation's input items (the
+        chain of earlier turns included, instructions left out) and the response object. Its TTL is
+        the storage period; ``previous_response_id`` reads it in one GET, however long the chain."""
+        return f"{self.prefix}responses:{response_id}"

@@ -13,6 +13,18 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# The JavaScript client (sdk/js): its locked packages and its build, for tests/test_js_client.py.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    && node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
+  if [ ! -f sdk/js/node_modules/.package-lock.json ] \
+      || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
+    (cd sdk/js && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  (cd sdk/js && npm run --silent build)
+else
+  echo "node 18+ (with npm) not found: skipping the JavaScript client (sdk/js); tests/test_js_client.py is skipped"
+fi
+
 # A Redis for the integration tests: REACTOR_TEST_REDIS_URL, else 127.0.0.1:6379, else a private one.
 export REACTOR_TEST_REDIS_URL=${REACTOR_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 REDIS_PID=""

@@ -17,6 +17,7 @@ KINDS: dict[str, str] = {
     "openai": "workers.providers.openai_compat:OpenAICompatProvider",
     "bedrock": "workers.providers.bedrock:BedrockProvider",
     "foundry": "workers.providers.foundry:FoundryProvider",
+    "demo": "workers.providers.demo:DemoProvider",
 }
 
 
