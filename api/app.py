@@ -26,6 +26,7 @@ from .catalog import get_model, health, list_models
 from .completions import chat_completions, embeddings
 from . import responses
 from .messages import ROUTES as MESSAGES_ROUTES
+from .fleet_api import ROUTES as FLEET_ROUTES
 from .gateway import Gateway
 from .identity import ROUTES as IDENTITY_ROUTES
 from .identity import IdentityService
@@ -118,6 +119,7 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
         Route("/ai/v1/embeddings", embeddings, methods=["POST"]),
         *responses.ROUTES,
         *MESSAGES_ROUTES,
+        *FLEET_ROUTES,
         *(IDENTITY_ROUTES if embedded_identity else ()),
     ]
     return Starlette(
