@@ -30,9 +30,18 @@ JWKS_MIN_REFETCH_S = 30   # an unknown kid refetches at most this often, so junk
 KEY_FILE = "jwt-ed25519.pem"
 
 
+# The claim that makes a token an operator's: every user's usage, the fleet view. It must be the
+# JSON value true (a string such as "yes" does not count).
+ADMIN_CLAIM = "reactor_admin"
+
+
 class Identity(msgspec.Struct, frozen=True):
     user_id: str
     claims: dict[str, Any]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.claims.get(ADMIN_CLAIM) is True
 
 
 def bearer_token(header: str | None) -> str:

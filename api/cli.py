@@ -4,6 +4,10 @@
 the front door and one worker process); ``reactor api`` and ``reactor worker`` run the two
 halves separately, for fleets. ``reactor auth …`` (``cli_auth.py``) signs in and manages users;
 ``reactor ai …`` (``cli_ai.py``) talks to a running gateway.
+
+The server commands log as text or, with ``--log-format json``, one JSON object per line
+(``shared/logs.py``). The front door serves Prometheus metrics at ``/metrics``, a worker on its
+``--metrics-port`` (``shared/metrics.py``); ``REACTOR_METRICS=0`` switches both off.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from redis.exceptions import RedisError
 from shared import __version__
 from shared.config import ConfigError, Settings, load_settings, split_bind
 from shared.errors import GatewayError
+from shared.logs import FORMATS, configure
 from shared.registry import RegistryError
 
 from . import cli_ai, cli_auth
+from . import cli_analytics
 from .embedded_redis import EmbeddedRedisError
 
 
@@ -36,8 +42,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# Set to 0 (or false, no, off) to run without metrics: no /metrics route, no worker metrics port.
+METRICS_ENV = "REACTOR_METRICS"
+# prometheus_client's multiprocess directory, for several processes serving one port.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_enabled() -> bool:
+    return os.environ.get(METRICS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    configure(level, fmt)
     # arq logs every job start and finish at INFO: far too chatty for a gateway's request rate.
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -55,6 +71,7 @@ def _run_uvloop(coro) -> None:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from shared.metrics import GatewayMetrics
     from shared.runtime import tune_process
 
     from .app import create_app
@@ -66,7 +83,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Reactor Gateway {__version__} listening on http://{shown}:{port}/ai/v1", flush=True)
     if not settings.auth_url:
         print("Single-box auth: get a token with `reactor auth token <user-id>`", flush=True)
-    uvicorn.run(create_app(settings, on_ready=tune_process), host=host, port=port, log_level=args.log_level, access_log=False,
+    metrics = GatewayMetrics(multiprocess_dir=os.environ.get(MULTIPROC_ENV)) if _metrics_enabled() else None
+    # In JSON, uvicorn's own records go through the root handler like every other; in text, uvicorn
+    # keeps its familiar format.
+    log_config = {"log_config": None} if args.log_format == "json" else {}
+    uvicorn.run(create_app(settings, on_ready=tune_process, metrics=metrics), host=host, port=port,
+                log_level=args.log_level, access_log=args.access_log, **log_config,
                 loop="uvloop" if _has_uvloop() else "asyncio", http="httptools", timeout_graceful_shutdown=15)
     return 0
 
@@ -90,10 +112,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = demo_settings(settings)
 
+    metrics = None
+    if args.metrics_port and _metrics_enabled():
+        from shared.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve worker metrics on port {args.metrics_port}: {exc}") from None
+
     async def main() -> None:
         registry = RegistrySource(settings)
         await registry.load()
-        await run_worker_process(settings, registry, args.provider or None)
+        await run_worker_process(settings, registry, args.provider or None, metrics)
 
     _run_uvloop(main())
     return 0
@@ -128,12 +160,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Started a private Redis at {url} (set REDIS_URL to use your own)", flush=True)
         settings = msgspec.structs.replace(settings, redis_url=url)
         env["REDIS_URL"] = url
-    worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level]
+    worker_cmd = [sys.executable, "-m", "api.cli", "worker", "--log-level", args.log_level,
+                  "--log-format", args.log_format]
     if args.config:
         worker_cmd += ["--config", args.config]
     if args.demo:
         worker_cmd.append("--demo")
-    workers = [subprocess.Popen(worker_cmd, env=env, preexec_fn=die_with_parent) for _ in range(args.workers)]
+    workers = [subprocess.Popen(worker_cmd + (["--metrics-port", str(args.worker_metrics_port + i)]
+                                              if args.worker_metrics_port else []),
+                                env=env, preexec_fn=die_with_parent)
+               for i in range(args.workers)]
     try:
         return cmd_api(args, settings)
     finally:
@@ -164,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="path of reactor.toml (default: $REACTOR_CONFIG or ./reactor.toml)")
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    def server_logs(p: argparse.ArgumentParser, access_log: bool = True) -> None:
+        p.add_argument("--log-format", default="text", choices=FORMATS,
+                       help="text, or json: one JSON object per line (default text)")
+        if access_log:
+            p.add_argument("--access-log", action="store_true",
+                           help="also write uvicorn's access log (off by default: the gateway logs every request)")
+
     serve = sub.add_parser("serve", help="run the gateway on one box: Redis (unless REDIS_URL), API and a worker")
     common(serve)
     serve.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
@@ -171,11 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes to run beside the API (default 1; one per spare core pays off)")
     serve.add_argument("--demo", action="store_true",
                        help="answer every model with the local demo provider: no provider keys, no network")
+    server_logs(serve)
+    serve.add_argument("--worker-metrics-port", type=_positive, metavar="PORT",
+                       help="serve each worker's metrics: the first on PORT, the next on PORT+1, …")
     serve.set_defaults(handler=cmd_serve)
 
     api = sub.add_parser("api", help="run the front door only (needs REDIS_URL)")
     common(api)
     api.add_argument("--bind", help="HOST:PORT (default: $REACTOR_AI_BIND or 0.0.0.0:8004)")
+    server_logs(api)
     api.set_defaults(handler=cmd_api)
 
     worker = sub.add_parser("worker", help="run a worker process (needs REDIS_URL)")
@@ -183,16 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--provider", action="append", help="serve this provider's queue (repeatable; default: all enabled)")
     # Set by `reactor serve --demo` for its workers: serve the demo provider through the overlay it wrote.
     worker.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    server_logs(worker, access_log=False)
+    worker.add_argument("--metrics-port", type=_positive, metavar="PORT",
+                        help="serve this worker's Prometheus metrics at http://0.0.0.0:PORT/metrics")
     worker.set_defaults(handler=cmd_worker)
 
     cli_auth.register(sub, common)
     cli_ai.register(sub, common)
+    cli_analytics.register(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "info"))
+    _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         # Server commands read reactor.toml; client commands (`reactor ai …`, `auth login`) talk to
         # a gateway over HTTP and never need it.

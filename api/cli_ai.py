@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -440,6 +441,43 @@ def cmd_embed(args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+# --- reactor ai usage ---------------------------------------------------------------------------------
+
+# Groupings `reactor ai usage --by` offers (those of GET /ai/v1/usage).
+USAGE_GROUPINGS = ("day", "model", "user", "provider")
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+@_client_command
+def cmd_usage(args: argparse.Namespace, out: Out) -> int:
+    """Requests, tokens and cost from the usage counters: totals, then one row per day, model, user or provider."""
+    params = {name: value for name, value in (("since", args.since), ("until", args.until), ("user", args.user),
+                                              ("model", args.model), ("by", args.by)) if value}
+    answer = Gateway().get("/usage" + (f"?{urlencode(params)}" if params else ""))
+    if args.json:
+        out.json(answer)
+        return 0
+    totals = answer.get("totals") or {}
+    by = answer.get("by") or args.by or "day"
+    scope = f"user {answer['user']}" if answer.get("user") else "every user"
+    scope += f", model {answer['model']}" if answer.get("model") else ", every model"
+    out.text(f"Usage {answer.get('since')} to {answer.get('until')} (UTC), {scope}")
+    out.text(f"requests {_count(totals.get('requests'))} · tokens in {_count(totals.get('tokens_in'))}, "
+             f"out {_count(totals.get('tokens_out'))} · cost {_money(totals.get('cost_usd'))}")
+    groups = answer.get("groups") or []
+    if not groups:
+        out.text("No usage recorded in this range.", style="dim")
+        return 0
+    print(flush=True)
+    out.table([by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "COST"],
+              [[str(g.get(by)), _count(g.get("requests")), _count(g.get("tokens_in")), _count(g.get("tokens_out")),
+                _money(g.get("cost_usd"))] for g in groups])
+    return 0
+
+
 # --- reactor ai doctor --------------------------------------------------------------------------------
 
 
@@ -675,3 +713,15 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
     doctor = ai_sub.add_parser("doctor", help="check the gateway, token, Redis, registry and every provider")
     client(doctor, cmd_doctor)
+
+    usage = ai_sub.add_parser("usage", help="requests, tokens and cost per day, model, user or provider",
+                              description="Read GET /ai/v1/usage: your own usage, or anyone's with an admin token "
+                                          "(`reactor auth token USER --admin`).")
+    usage.add_argument("--user", help="whose usage (another user's needs an admin token; default: yours, "
+                                      "or everyone's with an admin token)")
+    usage.add_argument("--model", help="only this model id")
+    usage.add_argument("--since", metavar="YYYY-MM-DD", help="the first UTC day (default: 29 days before --until)")
+    usage.add_argument("--until", metavar="YYYY-MM-DD", help="the last UTC day, included (default: today)")
+    usage.add_argument("--by", choices=USAGE_GROUPINGS, default="day", help="one row per day (default), model, "
+                                                                            "user or provider")
+    client(usage, cmd_usage)

@@ -34,7 +34,10 @@ def cmd_auth_token(args: argparse.Namespace, settings: Settings) -> int:
               "get a token there.", file=sys.stderr)
         return 2
     key = LocalKey.load_or_create(settings.data_dir)
-    print(key.mint(args.user_id, args.ttl, settings.auth_issuer, settings.auth_audience))
+    from .auth import ADMIN_CLAIM
+
+    print(key.mint(args.user_id, args.ttl, settings.auth_issuer, settings.auth_audience,
+                   extra={ADMIN_CLAIM: True} if args.admin else None))
     return 0
 
 
@@ -155,8 +158,9 @@ def cmd_users_add(args: argparse.Namespace, settings: Settings) -> int:
 
     email = check_email(args.email)  # before asking for a password
     password = check_password(read_password(args, confirm=True))
-    user = _with_users(settings, lambda users: users.create(email, password), changes=True)
-    print(as_json(user.public()) if args.json else f"Added {user.email} ({user.id}).")
+    user = _with_users(settings, lambda users: users.create(email, password, admin=args.admin), changes=True)
+    print(as_json(user.public()) if args.json else
+          f"Added {user.email} ({user.id}){' as an administrator' if user.admin else ''}.")
     return 0
 
 
@@ -172,7 +176,8 @@ def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
         print("No users yet: add one with `reactor auth users add EMAIL`.")
         return 0
     rows = [("ID", "EMAIL", "STATUS", "CREATED")] + [
-        (u.id, u.email, "disabled" if u.disabled else "active", _when(u.created_at)) for u in users]
+        (u.id, u.email, ("disabled" if u.disabled else "active") + (", admin" if u.admin else ""), _when(u.created_at))
+        for u in users]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
@@ -363,6 +368,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     common(token)
     token.add_argument("user_id")
     token.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default: one day)")
+    token.add_argument("--admin", action="store_true", help="add the admin claim: the token reads every user's usage")
     token.set_defaults(handler=cmd_auth_token)
 
     login = auth_sub.add_parser("login", help="sign in to the gateway at $REACTOR_URL and keep the session")
@@ -391,7 +397,10 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
         parser.set_defaults(handler=handler)
         return parser
 
-    _password_options(users_parser("add", "add a user (prompts for the password)", cmd_users_add))
+    add = users_parser("add", "add a user (prompts for the password)", cmd_users_add)
+    _password_options(add)
+    add.add_argument("--admin", action="store_true",
+                     help="an administrator: their access tokens carry the admin claim (fleet view, everyone's usage)")
     users_parser("list", "list the users", cmd_users_list, email=False)
     users_parser("remove", "remove a user and end their sessions", cmd_users_remove)
     users_parser("disable", "stop a user from signing in and end their sessions", _set_disabled(True))

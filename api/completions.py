@@ -1,7 +1,9 @@
 """The OpenAI surface: ``POST /ai/v1/chat/completions`` and ``POST /ai/v1/embeddings``.
 
 Route → validate → resolve the model → enqueue → relay what the worker sends back. The worker
-already speaks this surface's chunks, so a stream's frames are relayed as bytes, untouched.
+already speaks this surface's chunks, so a stream's frames are relayed as bytes, untouched; the
+relay notes in the request's record (``observe.py``) when the first token went out and how the
+stream ended.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from shared.wire import ChatRequest, EmbeddingsRequest, Job, check_chat, check_e
 
 from .gateway import Gateway
 from .inference import admit, response_headers, single, submit
+from .observe import CLIENT_CLOSED, current
 from .replies import ReplyStream, reply_error
 from .sse import EventStreamResponse
 
@@ -69,18 +72,24 @@ async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str
 
 async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> AsyncIterator[bytes]:
     finished = False
+    record = current.get()
     try:
         while True:
             out_chars = reply.out_chars
             frames = reply.frames
             out = _sse(frames[0]) if len(frames) == 1 else b"".join([_sse(frame) for frame in frames])
+            if out and record is not None and record.first_token_at is None:
+                record.first_token()
             if reply.kind == "done":
                 finished = True
                 yield out + _DONE
                 return
             if reply.kind == "error":
                 finished = True
-                yield out + _sse(reply_error(reply).to_json())
+                error = reply_error(reply)
+                if record is not None:
+                    record.failed(error.code)
+                yield out + _sse(error.to_json())
                 return
             if out:
                 yield out
@@ -91,6 +100,8 @@ async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> Asy
                 # usage unrecorded, so meter what reached the client.
                 if out_chars:
                     gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id))
+                if record is not None:
+                    record.failed(exc.code)
                 yield _sse(exc.to_json())
                 return
     finally:
@@ -98,4 +109,6 @@ async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> Asy
             replies.close()
         else:
             # The client hung up, or the worker went silent: either way the upstream call must stop.
+            if record is not None:
+                record.failed(CLIENT_CLOSED)  # kept only when the worker's silence was not recorded first
             gateway.abandon(replies)

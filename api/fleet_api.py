@@ -17,19 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.errors import GatewayError, Unavailable
+from shared.errors import Forbidden, Unavailable
 from shared.fleet import alive_since
 
+from .auth import ADMIN_CLAIM
 from .gateway import Gateway
-
-ADMIN_CLAIM = "reactor_admin"
-
-
-class Forbidden(GatewayError):
-    status = 403
-    type = "invalid_request_error"
-    code = "forbidden"
-
 
 class Pool(msgspec.Struct):
     provider: str
@@ -55,14 +47,10 @@ class Fleet(msgspec.Struct):
     timestamp: float
 
 
-def is_admin(claims: dict) -> bool:
-    return claims.get(ADMIN_CLAIM) is True
-
-
 async def fleet(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     identity = await gateway.authenticate(request)
-    if not is_admin(identity.claims):
+    if not identity.is_admin:
         raise Forbidden(f"The fleet view needs a token with the `{ADMIN_CLAIM}` claim.")
     providers = list(gateway.settings.enabled_providers)
     registry = gateway.registry

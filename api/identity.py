@@ -28,6 +28,10 @@ The choices, and why:
   works once and is answered with a new one. A spent token presented again means it was copied,
   so the whole session (every token descended from the same sign-in) is revoked, as the OAuth 2.0
   security best current practice recommends for public clients.
+- **Administrators** are users with the ``admin`` flag (``reactor auth users add --admin``): their
+  access tokens carry the admin claim (``reactor_admin: true``) that the fleet and usage views
+  check, so an operator signs in to the console with a password like anyone else. The flag is
+  read at every sign-in and refresh, so a change reaches the next access token.
 - Passwords and tokens are never logged.
 """
 
@@ -55,9 +59,11 @@ from starlette.routing import Route
 from shared.config import Settings
 from shared.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized, Unavailable
 from shared.keys import Keys
+from shared.wire import decode_json
 
 from .auth import Identity, LocalKey, Verifier, bearer_token
 from .client import AUTH_PATH
+from .auth import ADMIN_CLAIM
 
 logger = logging.getLogger("reactor.identity")
 
@@ -153,16 +159,19 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     email: str
     created_at: float
     disabled: bool = False
+    admin: bool = False
     password_hash: str = ""
 
     @classmethod
     def from_hash(cls, fields: dict[Any, Any]) -> "User":
         data = {_text(k): _text(v) for k, v in fields.items()}
         return cls(id=data["id"], email=data["email"], created_at=float(data.get("created_at") or 0),
-                   disabled=data.get("disabled") == "1", password_hash=data.get("password", ""))
+                   disabled=data.get("disabled") == "1", admin=data.get("admin") == "1",
+                   password_hash=data.get("password", ""))
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "email": self.email, "disabled": self.disabled, "created_at": self.created_at}
+        shown = {"id": self.id, "email": self.email, "disabled": self.disabled, "created_at": self.created_at}
+        return {**shown, "admin": True} if self.admin else shown
 
 
 class Passwords:
@@ -197,11 +206,12 @@ class Passwords:
 
 
 # Adds a user unless the email is taken. KEYS: emails hash, user hash.
-# ARGV: email, user id, password hash, created_at. Returns 1 when added, 0 when the email is taken.
+# ARGV: email, user id, password hash, created_at, admin ('1' or '0'). Returns 1 when added, 0 when
+# the email is taken.
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], 'id', ARGV[2], 'email', ARGV[1], 'password', ARGV[3], 'disabled', '0',
-           'created_at', ARGV[4])
+           'created_at', ARGV[4], 'admin', ARGV[5])
 return 1
 """
 
@@ -220,12 +230,13 @@ class Users:
         self.passwords = passwords or Passwords()
         self._create = redis.register_script(_CREATE)
 
-    async def create(self, email: str, password: str) -> User:
+    async def create(self, email: str, password: str, admin: bool = False) -> User:
+        """A new user; ``admin`` puts the admin claim into their access tokens."""
         email = check_email(email)
         password_hash = await self.passwords.hash(check_password(password))
-        user = User(id=new_user_id(), email=email, created_at=round(time.time(), 3))
+        user = User(id=new_user_id(), email=email, created_at=round(time.time(), 3), admin=admin)
         added = await self._create(keys=[self.keys.identity_emails, self.keys.identity_user(user.id)],
-                                   args=[email, user.id, password_hash, repr(user.created_at)])
+                                   args=[email, user.id, password_hash, repr(user.created_at), "1" if admin else "0"])
         if not int(added):
             raise UserError(f"a user with the email {email} already exists")
         return user
@@ -319,7 +330,8 @@ return 1
 
 # Spends a refresh token and stores its successor. KEYS: the token's record, its session, the new
 # token's record, the user, the user's session set. ARGV: the token's sha256, the new one's, TTL s,
-# session id, user id. Returns {'ok', email}, {'reused'} (the session is now revoked) or {'invalid'}.
+# session id, user id. Returns {'ok', email, admin flag}, {'reused'} (the session is now revoked) or
+# {'invalid'}.
 _ROTATE = """
 local rec = redis.call('HMGET', KEYS[1], 'user', 'session')
 if not rec[1] or rec[1] ~= ARGV[5] or rec[2] ~= ARGV[4] then return {'invalid'} end
@@ -330,7 +342,7 @@ if current ~= ARGV[1] then
   redis.call('SREM', KEYS[5], ARGV[4])
   return {'reused'}
 end
-local user = redis.call('HMGET', KEYS[4], 'email', 'disabled')
+local user = redis.call('HMGET', KEYS[4], 'email', 'disabled', 'admin')
 if not user[1] or user[2] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[5], ARGV[4])
@@ -341,7 +353,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], 'user', ARGV[5], 'session', ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('EXPIRE', KEYS[5], ARGV[3])
-return {'ok', user[1]}
+return {'ok', user[1], user[3] or '0'}
 """
 
 
@@ -413,7 +425,7 @@ class IdentityService:
             count = (await pipe.execute())[-1]
         if int(count) >= SESSION_PRUNE_AT:
             await self._prune_sessions(user.id)
-        return self._answer(user.id, user.email, session_id, refresh_token)
+        return self._answer(user.id, user.email, session_id, refresh_token, user.admin)
 
     async def _prune_sessions(self, user_id: str) -> None:
         sessions = self.keys.identity_user_sessions(user_id)
@@ -426,10 +438,14 @@ class IdentityService:
         if gone:
             await self.redis.srem(sessions, *gone)
 
-    def _answer(self, user_id: str, email: str, session_id: str, refresh_token: str) -> dict[str, Any]:
+    def _answer(self, user_id: str, email: str, session_id: str, refresh_token: str,
+                admin: bool = False) -> dict[str, Any]:
         now = int(time.time())
+        claims: dict[str, Any] = {"email": email, "sid": session_id}
+        if admin:
+            claims[ADMIN_CLAIM] = True
         access = self.key.mint(user_id, ACCESS_TOKEN_TTL_S, self.settings.auth_issuer, self.settings.auth_audience,
-                               extra={"email": email, "sid": session_id})
+                               extra=claims)
         return {"access_token": access, "token_type": "bearer", "expires_in": ACCESS_TOKEN_TTL_S,
                 "expires_at": now + ACCESS_TOKEN_TTL_S, "refresh_token": refresh_token,
                 "user": {"id": user_id, "email": email}}
@@ -455,7 +471,7 @@ class IdentityService:
             logger.warning("a spent refresh token was presented again; session of %s revoked", user_id)
         if outcome != "ok":
             raise InvalidGrant(INVALID_GRANT)
-        return self._answer(user_id, _text(result[1]), session_id, fresh)
+        return self._answer(user_id, _text(result[1]), session_id, fresh, admin=_text(result[2]) == "1")
 
     async def sign_out(self, identity: Identity | None, refresh_token: str | None) -> None:
         """End the session the access token was issued in and the one ``refresh_token`` belongs to
@@ -537,13 +553,8 @@ async def _fields(request: Request) -> dict[str, Any]:
             return dict(parse_qsl(body.decode(), keep_blank_values=True))
         except UnicodeDecodeError:
             raise InvalidRequest("The form body is not valid UTF-8.") from None
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body must be a JSON object.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
+    # The front door's one JSON reader: invalid UTF-8, deep nesting and huge integers are 400s.
+    return decode_json(body)
 
 
 def _string(fields: dict[str, Any], name: str) -> str:

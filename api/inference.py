@@ -7,6 +7,10 @@ OpenAI chat or embeddings body), and then goes through the same steps here: :fun
 (enqueue; wait for a worker), and reading the worker's replies, either as one result
 (:func:`single`) or chunk by chunk (:func:`chunks`). Providers, routing, quotas and metering are
 therefore never copied per surface; the job's ``surface`` names which one served, for usage.
+
+Each step also notes what it learnt in the request's record (``observe.py``): who asked, the job,
+how long it queued, when the first token went out, how it failed. That record becomes the
+request's log line and metrics, for every surface alike.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from shared.wire import Job, decode_request
 
 from .auth import Identity
 from .gateway import Gateway
+from .observe import CLIENT_CLOSED, client_request_id, current
 from .replies import ReplyStream, reply_error
 
 _chunk_decoder = msgspec.json.Decoder()
@@ -41,6 +46,9 @@ async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str]
     :param headers: the client's request headers, for the extensions.
     :param surface: which API the client spoke (``chat``, ``embeddings``, ``responses``, ``messages``).
     """
+    record = current.get()
+    if record is not None:
+        record.admitted(surface, identity.user_id)
     typed, raw = decode_request(body, schema)
     check(typed)
     alias, targets = await plan(gateway.registry, typed.model, kind, gateway.round_robin_turn, speed=gateway.speed)
@@ -60,7 +68,9 @@ async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str]
     targets = await gateway.available(targets)
     job = Job(request_id=request_id, kind=kind, reply_channel=gateway.replies.channel,
               user_id=identity.user_id, targets=targets, alias=alias, body=body, enqueued_at=time.time(),
-              surface=surface)
+              surface=surface, client_request_id=client_request_id(headers.get("x-request-id")))
+    if record is not None:
+        record.job = job
     if info is not None:
         try:
             for extension in gateway.extensions:
@@ -76,16 +86,25 @@ async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str]
 async def submit(gateway: Gateway, job: Job) -> ReplyStream:
     """Enqueue the job and wait for a worker to take it; a job that never reached a worker gives
     its reservations back."""
+    started = time.perf_counter()
+    record = current.get()
     try:
-        return await gateway.submit(job)
-    except GatewayError:
+        replies = await gateway.submit(job)
+    except GatewayError as exc:
+        if record is not None:
+            record.failed(exc.code)
         await gateway.release(job)
         raise
+    if record is not None:
+        record.replies = replies
+        record.queue_wait_s = time.perf_counter() - started
+    return replies
 
 
 def response_headers(gateway: Gateway, job: Job) -> dict[str, str]:
-    """``X-Request-Id`` and what the extensions add (``x-ratelimit-*``)."""
-    headers = {"X-Request-Id": job.request_id}
+    """``X-Request-Id`` (the client's own when it sent a usable one, else the job's) and what the
+    extensions add (``x-ratelimit-*``)."""
+    headers = {"X-Request-Id": job.client_request_id or job.request_id}
     for extension in gateway.extensions:
         headers.update(extension.response_headers(job.reservations))
     return headers
@@ -105,7 +124,11 @@ async def single(gateway: Gateway, replies: ReplyStream) -> bytes:
     if reply.kind == "result" and reply.body is not None:
         return reply.body
     if reply.kind == "error":
-        raise reply_error(reply)
+        error = reply_error(reply)
+        record = current.get()
+        if record is not None:
+            record.failed(error.code)
+        raise error
     raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
 
 
@@ -129,6 +152,7 @@ async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncItera
     finished = False
     sent = False
     out_chars = 0
+    record = current.get()
     try:
         while True:
             try:
@@ -136,9 +160,13 @@ async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncItera
             except GatewayError as exc:
                 if out_chars:
                     gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id))
+                if record is not None:
+                    record.failed(exc.code)
                 raise StreamFailed(exc, sent) from None
             out_chars = reply.out_chars
             for frame in reply.frames:
+                if not sent and record is not None:
+                    record.first_token()
                 sent = True
                 yield _chunk_decoder.decode(frame)
             if reply.kind == "done":
@@ -146,9 +174,14 @@ async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncItera
                 return
             if reply.kind == "error":
                 finished = True
-                raise StreamFailed(reply_error(reply), sent)
+                error = reply_error(reply)
+                if record is not None:
+                    record.failed(error.code)
+                raise StreamFailed(error, sent)
     finally:
         if finished:
             replies.close()
         else:
+            if record is not None:
+                record.failed(CLIENT_CLOSED)  # kept only when nothing failed before
             gateway.abandon(replies)

@@ -75,7 +75,7 @@ from starlette.routing import Route
 
 from shared.errors import GatewayError, InternalError, InvalidRequest, ModelNotFound, Unauthorized
 from shared.registry import Registry
-from shared.wire import ChatRequest, check_chat
+from shared.wire import ChatRequest, check_chat, decode_json
 
 from .auth import Identity
 from .gateway import Gateway
@@ -194,13 +194,8 @@ def resolve_model(registry: Registry, name: str) -> str:
 
 
 def _decode_body(body: bytes) -> dict[str, Any]:
-    try:
-        raw = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return raw
+    # The front door's one JSON reader: refuses bad UTF-8, deep nesting and oversized integers too.
+    return decode_json(body)
 
 
 def _model_name(raw: dict[str, Any]) -> str:

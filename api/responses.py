@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from shared.errors import GatewayError, InvalidRequest, NotFound, Unavailable
 from shared.usage import tokens_from_usage
-from shared.wire import ChatRequest, check_chat, decode_request
+from shared.wire import ChatRequest, PositiveInt, check_chat, decode_request
 
 from .auth import Identity
 from .gateway import Gateway
@@ -77,7 +77,7 @@ class ResponsesRequest(msgspec.Struct):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_output_tokens: PositiveInt | None = None
     temperature: float | None = None
     top_p: float | None = None
     text: dict[str, Any] | None = None
@@ -128,11 +128,13 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, item in enumerate(items):
         where = f"input[{i}]"
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"{where}: an input item needs a string 'type'.", param=f"{where}.type")
         if kind in DROPPED_ITEM_TYPES:
             continue
         if kind == "message":
             role = item.get("role")
-            if role not in MESSAGE_ROLES:
+            if not isinstance(role, str) or role not in MESSAGE_ROLES:
                 raise InvalidRequest(f"{where}: 'role' must be one of user, assistant, system or developer.",
                                      param=f"{where}.role")
             content = _content(role, item.get("content"), where)
@@ -183,6 +185,8 @@ def _content(role: str, content: Any, where: str) -> str | list[dict[str, Any]]:
 
 def _part(role: str, part: Any, where: str) -> dict[str, Any]:
     kind = part.get("type") if isinstance(part, dict) else None
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"{where}: a content part must be an object with a string 'type'.", param=f"{where}.type")
     if kind in TEXT_PART_TYPES and isinstance(part.get("text"), str):
         return {"type": "text", "text": part["text"]}
     if kind == "refusal" and isinstance(part.get("refusal"), str):
@@ -195,7 +199,7 @@ def _part(role: str, part: Any, where: str) -> dict[str, Any]:
             raise InvalidRequest(f"{where}: images must be sent as 'image_url' (a URL or a data URL); "
                                  "file ids cannot be resolved by this gateway.", param=f"{where}.image_url")
         image: dict[str, Any] = {"url": url}
-        if part.get("detail") in IMAGE_DETAILS:
+        if isinstance(part.get("detail"), str) and part["detail"] in IMAGE_DETAILS:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
@@ -214,7 +218,7 @@ def _tool_output(output: Any, where: str) -> str | list[dict[str, Any]]:
         texts = []
         for j, part in enumerate(output):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in TEXT_PART_TYPES or not isinstance(part.get("text"), str):
+            if not isinstance(kind, str) or kind not in TEXT_PART_TYPES or not isinstance(part.get("text"), str):
                 raise InvalidRequest(f"{where}.output[{j}]: a function call output can return only text to a chat "
                                      "model.", param=f"{where}.output[{j}]")
             texts.append({"type": "text", "text": part["text"]})

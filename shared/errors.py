@@ -81,6 +81,14 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class Forbidden(GatewayError):
+    """The token is valid but may not see what it asked for (another user's data, the fleet)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -160,6 +168,7 @@ _KINDS: dict[str, type[GatewayError]] = {
         InvalidRequest,
         PayloadTooLarge,
         Unauthorized,
+        Forbidden,
         ModelNotFound,
         NotFound,
         MethodNotAllowed,

@@ -148,3 +148,18 @@ class Keys:
         chain of earlier turns included, instructions left out) and the response object. Its TTL is
         the storage period; ``previous_response_id`` reads it in one GET, however long the chain."""
         return f"{self.prefix}responses:{response_id}"
+
+    # -- analytics feed (shared/analytics.py) -------------------------------------------------------
+
+    @property
+    def analytics_group(self) -> str:
+        """The consumer group on :attr:`usage_events` that the Analytics forwarders share: its pending
+        entries list holds every event handed to a forwarder and not yet acknowledged by Analytics.
+        A group lives inside its stream, so the name carries no prefix."""
+        return "analytics"
+
+    def analytics_status(self, group: str) -> str:
+        """Hash of one forwarder group's progress, for ``reactor analytics status``: ``delivered``
+        (events Analytics accepted, re-deliveries included), ``last_delivery_at``, ``last_error`` and
+        ``last_error_at``."""
+        return f"{self.prefix}analytics:{group}:status"

@@ -2,7 +2,11 @@
 
 Request Structs validate the parts of the OpenAI body that the gateway must understand;
 the body itself travels to the worker as the client sent it, so fields we do not model
-reach OpenAI-compatible upstreams untouched.
+reach OpenAI-compatible upstreams untouched. Because the body goes on, the front door also
+refuses what would be valid JSON to Python yet trouble further along: strings that are not
+UTF-8, nesting past :data:`MAX_JSON_DEPTH`, and integers that do not fit in 64 bits (Python
+reads them happily; upstreams written in other languages do not). Every such body is a 400
+decided here, before any upstream is asked.
 """
 
 from __future__ import annotations
@@ -104,7 +108,16 @@ class ResponseFormat(Struct):
 Probability = Annotated[float, Meta(ge=0, le=1)]
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
-PositiveInt = Annotated[int, Meta(ge=1)]
+# Counts (tokens, dimensions) and token ids stay below 2**31: every upstream keeps them in a
+# 32-bit integer, and no model comes near.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+# What a JSON integer anywhere in a body may be: a signed 64-bit value.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
+# The deepest nesting a body may have: serde_json's default limit, so nothing an upstream built
+# on it would refuse gets past the front door, and far below where Python's recursion ends.
+MAX_JSON_DEPTH = 128
 
 
 class ChatRequest(Struct):
@@ -122,7 +135,7 @@ class ChatRequest(Struct):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     user: str | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -139,6 +152,67 @@ class EmbeddingsRequest(Struct):
     user: str | None = None
 
 
+_json_decoder = msgspec.json.Decoder()
+# Byte-level pre-checks that spare the walk of a decoded body in the common case: a body with no
+# more brackets than MAX_JSON_DEPTH cannot nest deeper, and one without a run of 19 digits
+# (2**63 has 19) holds no integer beyond 64 bits.
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGIT_RUN = b"0" * 19
+_CONTAINERS = frozenset({dict, list})
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying why it is not one.
+
+    Refuses bytes that are not UTF-8, nesting deeper than :data:`MAX_JSON_DEPTH` and integers
+    outside the signed 64-bit range, besides what is not JSON or not an object.
+
+    :raises InvalidRequest: naming the problem (and, for an integer, where it is).
+    """
+    try:
+        raw = _json_decoder.decode(body)
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid JSON: it holds bytes that are not UTF-8.") from None
+    except RecursionError:
+        raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    deep = body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
+    long_ints = _LONG_DIGIT_RUN in body.translate(_DIGITS_AS_ZERO)
+    if deep or long_ints:
+        _check_shape(raw, deep, long_ints)
+    return raw
+
+
+def _check_shape(raw: dict[str, Any], depth: bool, ints: bool) -> None:
+    """Walk the containers of ``raw`` (without recursion) for nesting and integer bounds."""
+    stack: list[tuple[Any, int, str]] = [(raw, 1, "")]
+    while stack:
+        value, level, path = stack.pop()
+        if depth and level > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+        items = value.values() if type(value) is dict else value
+        kinds = set(map(type, items))
+        if ints and int in kinds:
+            if kinds == {int} and INT64_MIN <= min(items) and max(items) <= INT64_MAX:
+                pass  # a token array, say: checked without a Python loop
+            else:
+                for key, item in (value.items() if type(value) is dict else enumerate(value)):
+                    if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
+                        where = _join(path, key)
+                        raise InvalidRequest(f"The integer at '{where}' does not fit in 64 bits.", param=where)
+        if not _CONTAINERS.isdisjoint(kinds):
+            for key, item in (value.items() if type(value) is dict else enumerate(value)):
+                if type(item) in _CONTAINERS:
+                    stack.append((item, level + 1, _join(path, key)))
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+
+
 def decode_request(body: bytes, kind: type[Struct]) -> tuple[Any, dict[str, Any]]:
     """Validate a JSON body; return the typed view and the raw object that will be forwarded.
 
@@ -146,12 +220,7 @@ def decode_request(body: bytes, kind: type[Struct]) -> tuple[Any, dict[str, Any]
     :param kind: ``ChatRequest`` or ``EmbeddingsRequest``.
     :raises InvalidRequest: with ``param`` naming the offending field.
     """
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    raw = decode_json(body)
     try:
         typed = msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
@@ -207,8 +276,12 @@ def check_embeddings(req: EmbeddingsRequest) -> None:
             raise InvalidRequest("'input' cannot contain empty strings.", param="input")
         if list in kinds and not all(inp):
             raise InvalidRequest("'input' cannot contain empty token arrays.", param="input")
-        if (int in kinds and any(t < 0 for t in inp)) or (list in kinds and any(t < 0 for a in inp for t in a)):
-            raise InvalidRequest("token ids in 'input' cannot be negative.", param="input")
+        if int in kinds or list in kinds:
+            low, high = (min(inp), max(inp)) if int in kinds else (min(map(min, inp)), max(map(max, inp)))
+            if low < 0:
+                raise InvalidRequest("token ids in 'input' cannot be negative.", param="input")
+            if high > MAX_COUNT:
+                raise InvalidRequest(f"token ids in 'input' cannot be above {MAX_COUNT}.", param="input")
 
 
 # -------------------------------------------------------------------------------------------
@@ -247,6 +320,8 @@ class Job(Struct, array_like=True):
     reservations: list[Reservation] = []
     # The API the client spoke (chat, embeddings, responses, messages), recorded with the usage.
     surface: str = "chat"
+    # The client's own X-Request-Id, for logs; never the job's id, which must stay unique.
+    client_request_id: str | None = None
 
 
 # -------------------------------------------------------------------------------------------

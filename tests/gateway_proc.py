@@ -73,11 +73,15 @@ class RunningGateway:
     :param env: extra environment variables (provider credentials).
     :param worker_providers: the provider queues the worker serves (all must have a live worker
         before :meth:`start` returns).
+    :param api_args: extra command-line arguments of ``reactor api`` (e.g. ``--log-format json``).
+    :param worker_args: extra command-line arguments of the first ``reactor worker``
+        (e.g. ``--metrics-port``).
     """
 
     def __init__(self, workdir: Path, redis_url: str, prefix: str, openrouter_url: str, local_url: str,
                  extra: str = "", *, providers: str = "", overlay: str = "", env: dict[str, str] | None = None,
-                 worker_providers: tuple[str, ...] = ("openrouter", "local")) -> None:
+                 worker_providers: tuple[str, ...] = ("openrouter", "local"), api_args: tuple[str, ...] = (),
+                 worker_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.prefix = prefix
@@ -88,6 +92,8 @@ class RunningGateway:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "ai-models.toml").write_text(OVERLAY + overlay)
         self.worker_providers = worker_providers
+        self.api_args = api_args
+        self.worker_args = worker_args
         self.config = workdir / "reactor.toml"
         self.config.write_text(f"""
 [gateway]
@@ -134,7 +140,7 @@ base_url = "http://127.0.0.1:9/v1"
                                 start_new_session=True)
 
     def start(self) -> "RunningGateway":
-        self.api = self._spawn("api")
+        self.api = self._spawn("api", *self.api_args)
         self.start_worker()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -179,7 +185,8 @@ base_url = "http://127.0.0.1:9/v1"
         return proc
 
     def start_worker(self) -> None:
-        self.worker = self._spawn("worker", *(arg for name in self.worker_providers for arg in ("--provider", name)))
+        self.worker = self._spawn("worker", *(arg for name in self.worker_providers for arg in ("--provider", name)),
+                                  *self.worker_args)
 
     def kill_worker(self) -> None:
         if self.worker and self.worker.poll() is None:

@@ -3,6 +3,10 @@
 A job reads the request the front door validated, calls the provider of its target,
 re-stamps what comes back so the client sees one consistent completion (our id, the
 registry's model name), streams it through a :class:`ReplyPublisher`, and meters it.
+
+Every job, whichever path claimed it (arq's own loop or the worker's batch claim, which skips
+arq's ``on_job_start``/``on_job_end``), goes through :meth:`JobRunner.run`, so the runner's own
+``on_job_start``/``on_job_end`` hooks see them all, and its log records name the job's request.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
@@ -27,9 +32,11 @@ from shared.errors import GatewayError, InternalError, NoWorker, Overloaded, Pro
 from shared.extensions import Extension
 from shared.fleet import RETRY_AFTER_S, PoolCapacity
 from shared.health import RouteHealth
+from shared.logs import log_context
 from shared.queue import Enqueuer
 from shared.overlay import FixedRegistry, RegistrySource
-from shared.usage import Tokens, UsageRecorder, build_usage, estimate_tokens, prompt_chars, tokens_from_usage
+from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
+                          tokens_from_usage)
 from shared.wire import Job, Target, job_decoder
 
 from .providers import Provider
@@ -89,6 +96,32 @@ def shape_embedding(vector: list[float], dimensions: int | None, encoding: str) 
     return vector
 
 
+class Attempt(NamedTuple):
+    """One upstream attempt of a job on this worker."""
+
+    target: Target
+    error: GatewayError | None     # why it failed; None when the upstream answered
+    first_token_s: float | None    # seconds from the attempt's start to its first token (or whole answer)
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended on this worker, for the ``on_job_end`` hook.
+
+    ``status`` is the usage status (``ok``, ``error``, ``incomplete``, ``cancelled``), or ``handoff``
+    when the job went on to another provider's pool, whose worker reports the rest. ``tried``
+    counts the request's targets tried so far on every worker; ``attempts`` are this worker's.
+    """
+
+    target: Target                       # the target this worker tried last
+    status: str
+    attempts: list[Attempt]
+    tried: int
+    usage: UsageProperties | None        # what was settled; None for a hand-off
+    error: GatewayError | None           # what the client was told, when it failed
+    duration_s: float
+
+
 class Handoff:
     """Moves a job to another provider's worker pool, for a fallback this worker cannot serve itself.
 
@@ -137,11 +170,16 @@ class JobRunner:
     :param health: where route failures and speeds are reported, and cooldowns read.
     :param handoff: moves a job to another pool when its next candidate is served elsewhere.
     :param extensions: their ``after_usage`` hooks run once per request.
+    :param on_job_start: called with each job as it starts (not for one cancelled before it started).
+    :param on_job_end: called with each started job and its :class:`JobOutcome` once it is over,
+        after its usage is settled. Hooks must be quick; what they raise is logged and dropped.
     """
 
     def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, redis: Redis,
                  providers: Mapping[str, Provider], usage: UsageRecorder, replies: ReplyHub, *,
-                 health: RouteHealth, handoff: Handoff, extensions: Sequence[Extension] = ()) -> None:
+                 health: RouteHealth, handoff: Handoff, extensions: Sequence[Extension] = (),
+                 on_job_start: Callable[[Job], None] | None = None,
+                 on_job_end: Callable[[Job, JobOutcome], None] | None = None) -> None:
         self.settings = settings
         self.registry_source = registry
         self.redis = redis
@@ -151,6 +189,8 @@ class JobRunner:
         self.health = health
         self.handoff = handoff
         self.extensions = list(extensions)
+        self.on_job_start = on_job_start
+        self.on_job_end = on_job_end
         self.running: dict[str, asyncio.Task] = {}
         # Jobs cancelled because their client hung up, told apart from the worker shutting down.
         self._hung_up: set[str] = set()
@@ -181,6 +221,13 @@ class JobRunner:
         task = asyncio.current_task()
         assert task is not None
         self.running[job.request_id] = task
+        # The job's task is its own, so every record logged while serving it names its request.
+        context = log_context.set(job)
+        if self.on_job_start is not None:
+            try:
+                self.on_job_start(job)
+            except Exception:
+                logger.exception("on_job_start failed for %s", job.request_id)
         try:
             await self._serve(job)
         except asyncio.CancelledError:
@@ -191,6 +238,7 @@ class JobRunner:
         finally:
             self.running.pop(job.request_id, None)
             self._hung_up.discard(job.request_id)
+            log_context.reset(context)
 
     async def _serve(self, job: Job) -> None:
         """Serve ``job`` with its current target, falling back to the next candidates on failure.
@@ -203,11 +251,14 @@ class JobRunner:
         """
         publisher = self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq)
         started = time.time()
+        clock = time.monotonic()
         attempt, tried = job.attempt, job.tried
         meter: Meter | None = None
         target = job.targets[attempt]
         status = "ok"
         handed_off = False
+        attempts: list[Attempt] = []
+        failure: GatewayError | None = None
         # The overall deadline runs from when the client asked, across attempts and hand-offs.
         remaining = self.settings.request_timeout - max(0.0, started - job.enqueued_at) if job.enqueued_at else \
             self.settings.request_timeout
@@ -222,6 +273,7 @@ class JobRunner:
                         # Assigned before the call: a cancelled attempt still meters what it used.
                         meter = Meter(body)
                         await self._attempt(job, target, body, meter, publisher)
+                        attempts.append(Attempt(target, meter.error, meter.first_token_s))
                         if meter.error is None:
                             await self.health.succeeded(target, meter.first_token_s)
                             break
@@ -238,7 +290,8 @@ class JobRunner:
                         attempt = following
                         if nxt.provider not in self.providers:
                             handed_off = True
-                            await self._hand_off(job, attempt, tried, publisher)
+                            failure = await self._hand_off(job, attempt, tried, publisher)
+                            status = "handoff" if failure is None else "error"
                             return
             except TimeoutError:
                 raise UpstreamTimeout(
@@ -255,6 +308,7 @@ class JobRunner:
                 # answer is cut, and what it got is metered.
                 exc = ProviderError(f"The answer is incomplete: {exc.message}", status=exc.status,
                                     code="incomplete_response", retryable=False)
+            failure = exc
             with contextlib.suppress(ReplyLost):
                 await publisher.finish("error", error=exc)
         except asyncio.CancelledError:
@@ -264,12 +318,37 @@ class JobRunner:
         except Exception:
             status = "error"
             logger.exception("job %s failed", job.request_id)
+            failure = InternalError("The worker failed while serving this request.")
             with contextlib.suppress(ReplyLost):
-                await publisher.finish("error", error=InternalError("The worker failed while serving this request."))
+                await publisher.finish("error", error=failure)
         finally:
-            if not handed_off:
-                # Shielded: a cancelled job must still meter what the upstream already produced.
-                await asyncio.shield(self._settle(job, target, meter, started, status, tried))
+            usage = None
+            try:
+                if not handed_off:
+                    # Shielded: a cancelled job must still meter what the upstream already produced.
+                    usage = await asyncio.shield(self._settle(job, target, meter, started, status, tried))
+            finally:
+                self._ended(job, JobOutcome(target, status, attempts, tried, usage, failure,
+                                            time.monotonic() - clock))
+
+    def _ended(self, job: Job, outcome: JobOutcome) -> None:
+        """The job's line in the log (at debug: the front door logs every request), then the hook."""
+        if logger.isEnabledFor(logging.DEBUG):
+            usage = outcome.usage
+            ttft = next((a.first_token_s for a in reversed(outcome.attempts) if a.error is None), None)
+            logger.debug("job ended", extra={"fields": {
+                "status": outcome.status, "surface": job.surface, "user": job.user_id, "alias": job.alias,
+                "model": outcome.target.model_id, "provider": outcome.target.provider, "attempts": outcome.tried,
+                "code": outcome.error.code if outcome.error else None,
+                "tokens_in": usage.tokens_in if usage else None, "tokens_out": usage.tokens_out if usage else None,
+                "cost_usd": usage.cost_usd if usage else None,
+                "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+                "duration_ms": round(outcome.duration_s * 1000, 2)}})
+        if self.on_job_end is not None:
+            try:
+                self.on_job_end(job, outcome)
+            except Exception:
+                logger.exception("on_job_end failed for %s", job.request_id)
 
     async def _attempt(self, job: Job, target: Target, body: dict, meter: Meter, publisher: ReplyPublisher) -> None:
         """Serve the job with one target; ``meter.error`` says why it failed, if it did."""
@@ -306,11 +385,13 @@ class JobRunner:
                 return attempt + 1 + offset
         return None
 
-    async def _hand_off(self, job: Job, attempt: int, tried: int, publisher: ReplyPublisher) -> None:
+    async def _hand_off(self, job: Job, attempt: int, tried: int,
+                        publisher: ReplyPublisher) -> GatewayError | None:
         """Give the job to the pool of ``job.targets[attempt]``; its worker continues the reply.
 
         The hand-off message goes out before the job is queued, so the front door always sees it
-        before anything from the next worker.
+        before anything from the next worker. When the pool cannot take it, the client is told why
+        from here, the request is settled, and that error is returned.
         """
         target = job.targets[attempt]
         await publisher.finish("handoff")
@@ -324,6 +405,8 @@ class JobRunner:
             with contextlib.suppress(ReplyLost):
                 await self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq).finish("error", error=exc)
             await self._settle(job, target, None, time.time(), "error", tried)
+            return exc
+        return None
 
     async def _complete(self, job: Job, target: Target, provider: Provider, body: dict, meter: Meter,
                         publisher: ReplyPublisher) -> None:
@@ -416,9 +499,9 @@ class JobRunner:
         await publisher.finish("result", body=_encode(result))
 
     async def _settle(self, job: Job, target: Target, meter: Meter | None, started: float, status: str,
-                      attempts: int) -> None:
+                      attempts: int) -> UsageProperties:
         """Meter the request if an upstream accepted it, then run the extensions' after-usage hooks
-        (with zero usage when nothing was used, so reservations are released)."""
+        (with zero usage when nothing was used, so reservations are released). Returns the record."""
         used = meter is not None and meter.accepted
         tokens = meter.tokens() if used else Tokens(0, 0)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=target.model_id,
@@ -435,6 +518,7 @@ class JobRunner:
                 await extension.after_usage(props, job.reservations)
             except Exception:
                 logger.exception("extension %s failed after the usage of %s", extension.name, job.request_id)
+        return props
 
 
 def _only_role(choices: list[Any]) -> bool:

@@ -5,6 +5,10 @@ latency. Here each worker's loop also waits on an event that a pub/sub message o
 ``<queue>:notify`` sets right after every enqueue, so a job starts within a round trip or
 two while an idle worker still costs Redis only one poll per ``poll_delay``.
 The same subscription carries cancels from the front door.
+
+That fast path claims and runs jobs itself, so arq's ``on_job_start``/``on_job_end`` never fire
+for them; the process's job hooks are the :class:`JobRunner`'s instead, which every job passes
+through (:class:`JobCounters` turns them into the worker's metrics).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -33,13 +37,14 @@ from shared.extensions import Extension, build_extensions
 from shared.fleet import PoolCapacity
 from shared.health import RouteHealth
 from shared.keys import Keys
+from shared.metrics import WorkerMetrics
 from shared.queue import JOB_FUNCTIONS, Enqueuer, job_deserializer, job_serializer
 from shared.reconnect import Reconnect
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import UsageRecorder, replay_spool_forever
-from shared.wire import Cancel
+from shared.wire import Cancel, Job
 
-from .jobs import Handoff, JobRunner
+from .jobs import Handoff, JobOutcome, JobRunner
 from .providers import build_provider
 from .providers.http import Timeouts, UpstreamHTTP
 from .publisher import ReplyHub
@@ -213,6 +218,33 @@ class WakeableWorker(Worker):
             self.wake.set()  # a slot is free again: look for jobs the full worker left queued
 
 
+class JobCounters:
+    """The job hooks that count each job into a :class:`WorkerMetrics`: pass :meth:`started` and
+    :meth:`ended` as ``on_job_start`` and ``on_job_end``."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def started(self, job: Job) -> None:
+        target = job.targets[job.attempt]
+        self.metrics.job_started(target.provider, target.model_id)
+
+    def ended(self, job: Job, outcome: JobOutcome) -> None:
+        metrics = self.metrics
+        last = len(outcome.attempts) - 1
+        for i, attempt in enumerate(outcome.attempts):
+            target, error = attempt.target, attempt.error
+            if error is None:
+                metrics.attempt(target.provider, target.model_id, ttft_s=attempt.first_token_s)
+            else:
+                metrics.attempt(target.provider, target.model_id, error_code=error.code, error_status=error.status,
+                                replaced=i < last or outcome.status == "handoff")
+        usage = outcome.usage
+        metrics.job_ended(outcome.target.provider, outcome.target.model_id, outcome.status,
+                          usage.tokens_in if usage else 0, usage.tokens_out if usage else 0,
+                          usage.cost_usd if usage else 0.0)
+
+
 async def _run_job(ctx: dict, payload: bytes) -> None:
     # One coroutine for every job kind: the payload says which, and the runner dispatches on it.
     await ctx["runner"].run(payload)
@@ -244,15 +276,20 @@ class WorkerProcess:
     :param registry: the model registry (prices for metering), reloading or fixed.
     :param providers: names of the provider queues to serve; all enabled ones when empty.
     :param extensions: their after-usage hooks run once per request this process serves.
+    :param on_job_start: called as each job starts (``JobRunner``'s hook, for every job).
+    :param on_job_end: called with each job and how it ended.
     """
 
     def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, providers: list[str] | None = None,
-                 extensions: Sequence[Extension] = ()) -> None:
+                 extensions: Sequence[Extension] = (), *, on_job_start: Callable[[Job], None] | None = None,
+                 on_job_end: Callable[[Job, JobOutcome], None] | None = None) -> None:
         names = provider_names(settings, providers)
         self.settings = settings
         self.registry = registry
         self.names = names
         self.extensions = list(extensions)
+        self.on_job_start = on_job_start
+        self.on_job_end = on_job_end
         self.keys = Keys(settings.key_prefix)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = asyncio.Event()
@@ -271,7 +308,8 @@ class WorkerProcess:
             runner = JobRunner(s, self.registry, redis, providers, usage, hub,
                                health=RouteHealth(redis, self.keys, s.routing),
                                handoff=Handoff(Enqueuer(redis, self.keys), capacity, s.queue_timeout),
-                               extensions=self.extensions)
+                               extensions=self.extensions, on_job_start=self.on_job_start,
+                               on_job_end=self.on_job_end)
             wakes = {n: asyncio.Event() for n in self.names}
             workers = [
                 WakeableWorker(
@@ -398,8 +436,11 @@ class WorkerProcess:
 
 
 async def run_worker_process(settings: Settings, registry: RegistrySource | FixedRegistry,
-                             providers: list[str] | None = None) -> None:
-    """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM."""
+                             providers: list[str] | None = None, metrics: WorkerMetrics | None = None) -> None:
+    """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM.
+
+    :param metrics: counts every job when given (the CLI serves it on ``--metrics-port``).
+    """
     from arq.connections import create_pool, RedisSettings
 
     from shared.runtime import tune_process
@@ -408,7 +449,10 @@ async def run_worker_process(settings: Settings, registry: RegistrySource | Fixe
     tune_process()
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
                               job_deserializer=job_deserializer)
-    process = WorkerProcess(settings, registry, providers, build_extensions(settings, redis))
+    counters = JobCounters(metrics) if metrics is not None else None
+    process = WorkerProcess(settings, registry, providers, build_extensions(settings, redis),
+                            on_job_start=counters.started if counters else None,
+                            on_job_end=counters.ended if counters else None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, process.stop)
