@@ -119,7 +119,9 @@ async def health(request: Request) -> Response:
     # Until the reply channel is subscribed again no answer could reach a client: not healthy.
     redis_ok = redis_ok and gateway.replies.ready
     alive = sum(workers.values())
-    if not redis_ok or alive == 0:
+    if gateway.draining:
+        status, code = "draining", 503
+    elif not redis_ok or alive == 0:
         status, code = "unavailable", 503
     elif all(workers.values()):
         status, code = "ok", 200

@@ -91,10 +91,51 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     # In JSON, uvicorn's own records go through the root handler like every other; in text, uvicorn
     # keeps its familiar format.
     log_config = {"log_config": None} if args.log_format == "json" else {}
-    uvicorn.run(create_app(settings, on_ready=tune_process, metrics=metrics), host=host, port=port,
-                log_level=args.log_level, access_log=args.access_log, **log_config,
-                loop="uvloop" if _has_uvloop() else "asyncio", http="httptools", timeout_graceful_shutdown=15)
+    app = create_app(settings, on_ready=tune_process, metrics=metrics)
+    config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
+                            **log_config, loop="uvloop" if _has_uvloop() else "asyncio", http="httptools",
+                            timeout_graceful_shutdown=round(settings.shutdown_grace))
+    DrainingServer(config, app, settings.drain_seconds).run()
     return 0
+
+
+class DrainingServer:
+    """uvicorn's server with a drain before the stop, as load balancers need.
+
+    The first SIGTERM (or SIGINT) marks the front door as draining (health answers 503
+    ``draining``, requests are still served) for ``drain_seconds``, so a load balancer that polls
+    health stops sending; then uvicorn stops accepting connections and gives open streams
+    ``shutdown_grace`` to finish. A second signal stops at once.
+    """
+
+    def __init__(self, config, app, drain_seconds: float) -> None:
+        import uvicorn
+
+        drain = drain_seconds
+
+        class Server(uvicorn.Server):
+            draining = False
+
+            def handle_exit(self, sig: int, frame) -> None:
+                gateway = getattr(app.state, "gateway", None)
+                if self.draining or drain <= 0 or gateway is None or self.loop is None:
+                    return super().handle_exit(sig, frame)
+                self.draining = True
+                gateway.draining = True
+                stop = super().handle_exit
+                self.loop.call_soon_threadsafe(self.loop.call_later, drain, stop, sig, frame)
+
+            async def serve(self, sockets=None) -> None:
+                import asyncio
+
+                self.loop = asyncio.get_running_loop()
+                await super().serve(sockets)
+
+        self._server = Server(config)
+        self._server.loop = None
+
+    def run(self) -> None:
+        self._server.run()
 
 
 def _has_uvloop() -> bool:

@@ -53,6 +53,8 @@ class Gateway:
         self.redis = redis
         self.verifier = verifier
         self.extensions = list(extensions)
+        # Set by a SIGTERM: health says "draining" so load balancers stop sending (api/cli.py).
+        self.draining = False
         self.keys = Keys(settings.key_prefix)
         self.health = RouteHealth(redis, self.keys, settings.routing)
         self.process_id = uuid.uuid4().hex[:12]

@@ -76,6 +76,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     queue_backlog: Annotated[int, Meta(ge=0, description="a number of jobs, 0 or more")] = 256
     poll_delay: Seconds = 0.5
     usage_retention_days: Count = 400
+    # SIGTERM: how long the front door keeps serving with health "draining" so load balancers stop
+    # sending, before it stops accepting connections.
+    drain_seconds: Annotated[float, Meta(ge=0, description="a number of seconds, 0 or more")] = 5.0
+    # SIGTERM: how long open streams (front door) and running jobs (worker) may take to finish.
+    shutdown_grace: Seconds = 30.0
     # Extensions by dotted path, "package.module:factory" (see shared/extensions.py).
     extensions: list[str] = []
     # `[gateway.routing]`: fallback and route health.

@@ -104,6 +104,7 @@ queue_timeout = 3
 heartbeat_interval = 0.5
 read_timeout = 4
 max_body_bytes = 200000
+{"" if "drain_seconds" in extra else "drain_seconds = 0  # tests stop gateways often; test_drain.py sets its own"}
 {extra}
 
 [gateway.providers.openrouter]

@@ -413,7 +413,7 @@ class WorkerProcess:
             worker.allow_pick_jobs = False
         running = [t for w in workers for t in w.tasks.values() if not t.done()]
         if running:
-            await asyncio.wait(running, timeout=10)
+            await asyncio.wait(running, timeout=self.settings.shutdown_grace)
         for task in tasks:
             task.cancel()
         for worker in workers:
