@@ -86,7 +86,9 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"Reactor Gateway {__version__} listening on http://{shown}:{port}/ai/v1", flush=True)
     if not settings.auth_url:
-        print("Single-box auth: get a token with `reactor auth token <user-id>`", flush=True)
+        print("Single-box auth: add a user with `reactor auth users add EMAIL` and sign in with "
+              "`reactor auth login EMAIL`, or mint a token for scripts with `reactor auth token <user-id>`",
+              flush=True)
     metrics = GatewayMetrics(multiprocess_dir=os.environ.get(MULTIPROC_ENV)) if _metrics_enabled() else None
     # In JSON, uvicorn's own records go through the root handler like every other; in text, uvicorn
     # keeps its familiar format.

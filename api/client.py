@@ -45,6 +45,8 @@ HINTS = {
     "no_worker_available": "start a worker (`reactor worker`) or check `reactor ai doctor`",
     "provider_error": "the upstream provider failed; `reactor ai doctor` checks each provider",
     "quota_exceeded": "wait for the Retry-After time, or ask for a higher quota",
+    "too_many_attempts": "too many failed sign-ins; wait for the Retry-After time",
+    "invalid_grant": "the session has ended; sign in again with `reactor auth login EMAIL`",
 }
 
 
