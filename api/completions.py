@@ -43,37 +43,43 @@ async def chat_completions(request: Request) -> Response:
     gateway, chat, job = await _read_and_admit(request, ChatRequest, check_chat, "chat")
     job.stream = stream = bool(chat.stream)
     job.include_usage = stream and bool(chat.stream_options and chat.stream_options.include_usage)
-    replies = await submit(gateway, job)
-    headers = response_headers(gateway, job)
     if not stream:
-        return await _single(gateway, replies, headers)
-    try:
-        first = await replies.next()
-    except BaseException:
-        gateway.abandon(replies)
-        raise
-    if first.kind == "error" and not first.frames:
-        # Nothing was sent yet, so the failure can still be a proper HTTP status.
-        replies.close()
-        raise reply_error(first)
-    return EventStreamResponse(_relay(gateway, job, replies, first), headers=headers)
+        replies = await submit(gateway, job)
+        return await _single(gateway, replies, response_headers(gateway, job), request)
+    # The queue and the wait for the first token happen inside the response, which sends keep-alive
+    # comments meanwhile; a failure before anything went out is still a proper HTTP status.
+    return EventStreamResponse(_relay(gateway, job), headers=response_headers(gateway, job),
+                               keepalive=gateway.settings.sse_keepalive)
 
 
 async def embeddings(request: Request) -> Response:
     gateway, _, job = await _read_and_admit(request, EmbeddingsRequest, check_embeddings, "embeddings")
     replies = await submit(gateway, job)
-    return Response(await single(gateway, replies), media_type="application/json",
+    return Response(await single(gateway, replies, request.receive), media_type="application/json",
                     headers=response_headers(gateway, job))
 
 
-async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str]) -> Response:
-    return Response(await single(gateway, replies), media_type="application/json", headers=headers)
+async def _single(gateway: Gateway, replies: ReplyStream, headers: dict[str, str], request: Request) -> Response:
+    return Response(await single(gateway, replies, request.receive), media_type="application/json", headers=headers)
 
 
-async def _relay(gateway: Gateway, job: Job, replies: ReplyStream, reply) -> AsyncIterator[bytes]:
+async def _relay(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
+    replies = await submit(gateway, job)
     finished = False
     record = current.get()
     try:
+        try:
+            reply = await replies.next()
+        except GatewayError as exc:
+            if record is not None:
+                record.failed(exc.code)
+            raise
+        if reply.kind == "error" and not reply.frames:
+            finished = True
+            error = reply_error(reply)
+            if record is not None:
+                record.failed(error.code)
+            raise error
         while True:
             out_chars = reply.out_chars
             frames = reply.frames

@@ -15,12 +15,14 @@ request's log line and metrics, for every surface alike.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
+from starlette.types import Receive
 
 from shared.errors import GatewayError, InternalError, InvalidRequest
 from shared.extensions import RequestInfo
@@ -110,13 +112,24 @@ def response_headers(gateway: Gateway, job: Job) -> dict[str, str]:
     return headers
 
 
-async def single(gateway: Gateway, replies: ReplyStream) -> bytes:
+class ClientClosed(GatewayError):
+    """The client hung up before its answer was ready; nobody reads the response (499, as nginx logs it)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = CLIENT_CLOSED
+
+
+async def single(gateway: Gateway, replies: ReplyStream, receive: Receive) -> bytes:
     """The one result of a non-streamed job: the OpenAI response body.
 
-    :raises GatewayError: what the worker reported.
+    :param receive: the client's ASGI ``receive``. A client that hangs up while the job runs
+        cancels it as a stream's does: the worker stops the upstream call and meters what it used
+        as ``cancelled``.
+    :raises GatewayError: what the worker reported; :class:`ClientClosed` when the client left.
     """
     try:
-        reply = await replies.next()
+        reply = await _unless_client_leaves(replies, receive)
     except BaseException:
         gateway.abandon(replies)
         raise
@@ -130,6 +143,34 @@ async def single(gateway: Gateway, replies: ReplyStream) -> bytes:
             record.failed(error.code)
         raise error
     raise InternalError(f"Unexpected reply '{reply.kind}' from the worker.")
+
+
+async def _unless_client_leaves(replies: ReplyStream, receive: Receive) -> Any:
+    """``replies.next()``, or :class:`ClientClosed` as soon as ``receive`` says the client is gone.
+
+    The body is read by now, so the next ASGI message can only be the disconnect. One watcher task
+    per request, which cancels the waiting one: no second task for the wait itself.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await replies.next()
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            raise ClientClosed("The client closed the connection before the answer was ready.") from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 class StreamFailed(Exception):

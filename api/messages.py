@@ -803,7 +803,7 @@ async def _messages(request: Request) -> Response:
     headers = {**response_headers(gateway, job), "request-id": job.request_id}
     message_id = f"msg_{job.request_id}"
     if not stream:
-        result = _decoder.decode(await single(gateway, replies))
+        result = _decoder.decode(await single(gateway, replies, request.receive))
         return Response(_encoder.encode(to_message(result, requested, message_id)), media_type="application/json",
                         headers=headers)
     source = chunks(gateway, job, replies)

@@ -667,7 +667,7 @@ async def create_response(request: Request) -> Response:
     response_id = RESPONSE_ID_PREFIX + job.request_id
     store = req.store is not False
     if not req.stream:
-        completion = _decode(await single(gateway, replies))
+        completion = _decode(await single(gateway, replies, request.receive))
         skeleton = response_skeleton(req, response_id, created_at, completion.get("model") or req.model)
         response = from_completion(completion, skeleton, job.request_id)
         if store:

@@ -4,14 +4,23 @@ Starlette's StreamingResponse only learns of a disconnect on some ASGI servers; 
 stream can sit for seconds between tokens, and a client that left must cancel the upstream
 call at once. So this response watches ``receive`` for ``http.disconnect`` beside sending,
 and cancels the event iterator (whose ``finally`` tells the worker) the moment it comes.
+
+With ``keepalive``, the wait for the first frame (the queue, a slow upstream) happens inside the
+response: the head waits for the first frame, so a failure before it is still an HTTP status,
+but every ``keepalive`` seconds without one sends an SSE comment (the head with the first), so
+proxies that cut idle connections keep the stream open. After the first frame the loop is the
+plain one: no timer per event.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from shared.errors import GatewayError
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -19,6 +28,8 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
     "Connection": "keep-alive",
 }
+# An SSE comment: every client ignores it, every proxy sees bytes moving.
+KEEPALIVE = b": keep-alive\n\n"
 
 
 class EventStreamResponse:
@@ -26,16 +37,20 @@ class EventStreamResponse:
 
     :param events: the byte frames; closed (cancelled) when the client disconnects.
     :param headers: extra response headers.
+    :param keepalive: seconds between keep-alive comments while the first frame is awaited; None
+        sends the head at once and no comments. With it, a :class:`GatewayError` the events raise
+        before the head went out is raised from here (the app renders it as an HTTP error); after
+        the head, it becomes a final ``data: {"error": …}`` event.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None,
+                 keepalive: float | None = None) -> None:
         self.events = events
         self.headers = {**SSE_HEADERS, **(headers or {})}
+        self.keepalive = keepalive
+        self._head_sent = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = [(b"content-type", b"text/event-stream; charset=utf-8")]
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": raw})
         sender = asyncio.create_task(self._send_events(send))
         watcher = asyncio.create_task(self._wait_disconnect(receive))
         try:
@@ -44,9 +59,21 @@ class EventStreamResponse:
             for task in (sender, watcher):
                 task.cancel()
             await asyncio.gather(sender, watcher, return_exceptions=True)
+        if not self._head_sent and not sender.cancelled() and isinstance(sender.exception(), GatewayError):
+            raise sender.exception()  # type: ignore[misc]
+
+    def _head(self) -> Message:
+        self._head_sent = True
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        return {"type": "http.response.start", "status": 200, "headers": raw}
 
     async def _send_events(self, send: Send) -> None:
         try:
+            if self.keepalive is None:
+                await send(self._head())
+            elif not await self._first_frame(send):
+                return
             async for frame in self.events:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -57,7 +84,40 @@ class EventStreamResponse:
             if aclose is not None:
                 await aclose()
 
+    async def _first_frame(self, send: Send) -> bool:
+        """Wait for the first frame, sending a comment every ``keepalive`` seconds; then send the
+        head (if no comment did) and the frame. False when the stream is already over."""
+        waiting = asyncio.create_task(_anext(self.events))
+        try:
+            while not (await asyncio.wait({waiting}, timeout=self.keepalive))[0]:
+                if not self._head_sent:
+                    await send(self._head())
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+        except BaseException:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            raise
+        try:
+            frame: bytes | None = waiting.result()
+            more = frame is not None
+        except GatewayError as exc:
+            if not self._head_sent:
+                raise
+            frame, more = b"data: " + exc.to_json() + b"\n\n", False
+        if not self._head_sent:
+            await send(self._head())
+        await send({"type": "http.response.body", "body": frame or b"", "more_body": more})
+        return more
+
     @staticmethod
     async def _wait_disconnect(receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+
+
+async def _anext(events: AsyncIterator[bytes]) -> Any:
+    """The next frame, or None at the end."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None

@@ -72,6 +72,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     read_timeout: Seconds = 300.0
     request_timeout: Seconds = 600.0
     heartbeat_interval: Seconds = 2.0
+    # s between SSE comments (`: keep-alive`) while a stream waits for its first token, so proxies
+    # that cut idle connections (nginx's proxy_read_timeout is 60 s) keep it open.
+    sse_keepalive: Seconds = 15.0
     worker_concurrency: Count = 2000
     queue_backlog: Annotated[int, Meta(ge=0, description="a number of jobs, 0 or more")] = 256
     poll_delay: Seconds = 0.5

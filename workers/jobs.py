@@ -502,7 +502,8 @@ class JobRunner:
                       attempts: int) -> UsageProperties:
         """Meter the request if an upstream accepted it, then run the extensions' after-usage hooks
         (with zero usage when nothing was used, so reservations are released). Returns the record."""
-        used = meter is not None and meter.accepted
+        # A job cancelled mid-call counts too: the upstream already has the prompt (estimated, as nothing came back).
+        used = meter is not None and (meter.accepted or status == "cancelled")
         tokens = meter.tokens() if used else Tokens(0, 0)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias, model_id=target.model_id,
                             provider=target.provider, tokens=tokens,

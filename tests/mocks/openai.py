@@ -8,6 +8,9 @@ message, e.g. ``"hi #chunks=5 #delay=20"`` (see ``script.py``). Every request is
 ``Received`` so a test can check what the gateway forwarded, how much of a stream went out, and
 whether the gateway hung up.
 
+Broken upstreams: ``#fault=NAME`` (see :data:`FAULTS`) makes the answer fail the way real ones do,
+streamed or not, so the gateway's handling of each is tested against the wire.
+
 Standalone: ``python -m tests.mocks.openai --port 18001 [--flavour openrouter] [--api-key K]``.
 """
 
@@ -29,7 +32,7 @@ import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
@@ -59,6 +62,27 @@ OPENROUTER_PROVIDER = "MockAI"
 OPENROUTER_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
 # Invented price so `cost` is deterministic: USD per token, prompt and completion alike.
 OPENROUTER_PRICE_PER_TOKEN = 0.000001
+
+# What ``#fault=NAME`` does. A stream's faults come after its planned deltas, so ``#chunks=N`` sets
+# how much of the answer goes out before it breaks (the role chunk always does).
+FAULTS = {
+    # Nothing at all, not even the response head, until the client hangs up or the mock stops.
+    "hang_head": "no response head",
+    # Stream: the body ends cleanly but without a finish_reason or [DONE]. Not streamed: half the JSON.
+    "truncate": "the body ends early",
+    # Stream: a `data:` line that is not JSON. Not streamed: a 200 body that is not JSON.
+    "malformed": "a body that is not JSON",
+    # The connection is dropped mid-body (no last chunk of the chunked encoding, or short of Content-Length).
+    "close": "the connection is dropped",
+    # The whole answer, correct, one byte per write.
+    "bytewise": "one byte per write",
+    # A 200 with a proxy's HTML error page instead of the answer.
+    "html": "a 200 HTML page",
+}
+HTML_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+MALFORMED_EVENT = b'data: {"choices": [{"delta": {"content": "cut\n\n'
+# A dropped connection comes this long after the last bytes, so the client reads them before it sees the drop.
+CUT_PAUSE = 0.1
 
 _MODELS: dict[Flavour, list[str]] = {
     "openai": ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
@@ -152,6 +176,43 @@ class _EventStream(StreamingResponse):
             aclose = getattr(self._events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class _CutShort:
+    """Sends a 200 head and ``body``'s pieces, then drops the connection instead of ending the body.
+
+    Returning without the last body message makes uvicorn close the socket: a chunked body loses its
+    terminating chunk, a sized one falls short of its ``Content-Length``.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], media_type: str, declared_length: int | None = None) -> None:
+        self._body = body
+        self._headers = [(b"content-type", media_type.encode())]
+        if declared_length is not None:
+            self._headers.append((b"content-length", str(declared_length).encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        async for piece in self._body:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await anyio.sleep(CUT_PAUSE)
+
+
+async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _bytewise(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``parts`` one byte at a time."""
+    try:
+        async for part in parts:
+            for index in range(len(part)):
+                yield part[index : index + 1]
+    finally:
+        aclose = getattr(parts, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _ChatReply:
@@ -423,12 +484,33 @@ class MockUpstream:
         directives, _ = parse_directives(conversation.last_user_text)
         if "status" in directives:
             return self._status_directive(directives["status"] or 0)
+        fault = directives.get("fault")
+        if fault is not None and fault not in FAULTS:
+            raise BadRequest(f"#fault must be one of {', '.join(FAULTS)}, got {fault!r}")
+        if fault == "hang_head":
+            if await self._client_left_during(request, math.inf):
+                record.disconnected = True
+                return Response(status_code=499)
+            return self._error(503, "mock upstream is shutting down")
+        if fault == "html":
+            # After `#delay`, like an answer: a proxy gives up on a slow upstream the same way.
+            delay = (directives.get("delay") or 0) / 1000
+            if delay and await self._client_left_during(request, delay):
+                record.disconnected = True
+                return Response(status_code=499)
+            record.completed = True
+            return HTMLResponse(HTML_ERROR_PAGE)
         echo = msgspec.json.encode(body).decode() if "echo_body" in directives else None
         answer = plan(conversation, echo=echo)
         record.usage = answer.usage()
         reply = _ChatReply(self.flavour, body["model"])
         if record.stream:
-            return _EventStream(self._chat_events(reply, record, answer), record, reply.headers())
+            events = self._chat_events(reply, record, answer)
+            if fault == "close":
+                return _CutShort(events, "text/event-stream")
+            if fault == "bytewise":
+                events = _bytewise(events)
+            return _EventStream(events, record, reply.headers())
         return await self._chat_body(request, reply, record, answer)
 
     async def _chat_body(self, request: Request, reply: _ChatReply, record: Received, answer: Plan) -> Response:
@@ -453,8 +535,22 @@ class MockUpstream:
         out["choices"] = [reply.choice(answer.finish, message=message, logprobs=None)]
         if "no_usage" not in directives and record.usage is not None:
             out["usage"] = reply.usage(record.usage)
+        fault = directives.get("fault")
+        if fault is not None:
+            return self._broken_body(fault, msgspec.json.encode(out), record)
         record.completed = True
         return JSONResponse(out, headers=reply.headers())
+
+    def _broken_body(self, fault: str, body: bytes, record: Received) -> Response | _CutShort:
+        """The non-streamed answer ``body``, broken as ``fault`` says."""
+        if fault == "close":
+            return _CutShort(_pieces(body[: len(body) // 2]), "application/json", declared_length=len(body))
+        record.completed = True
+        if fault == "truncate":
+            return Response(body[: len(body) // 2], media_type="application/json")
+        if fault == "malformed":
+            return Response(b"upstream says: this is not JSON", media_type="application/json")
+        return StreamingResponse(_bytewise(_pieces(body)), media_type="application/json")
 
     async def _chat_events(self, reply: _ChatReply, record: Received, answer: Plan) -> AsyncIterator[bytes]:
         body = record.body or {}
@@ -499,6 +595,15 @@ class MockUpstream:
 
         if "hang" in directives:
             await self._hang()
+            return
+        fault = directives.get("fault")
+        if fault in ("truncate", "close"):
+            # No finish_reason, no usage, no [DONE]; `close` also drops the connection (_CutShort).
+            record.completed = fault == "truncate"
+            return
+        if fault == "malformed":
+            yield MALFORMED_EVENT
+            record.completed = True
             return
         if "midstream_error" in directives:
             out = reply.envelope("chat.completion.chunk")

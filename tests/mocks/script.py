@@ -18,6 +18,8 @@ Tests steer each answer with directives in the last user text, e.g. ``"hi #chunk
 - ``#exception=NAME``: with ``#status`` or ``#midstream_error``, the provider's own error type to
   send (e.g. Bedrock's ``ModelNotReadyException``); mocks without error types ignore it.
 - ``#error_in_200``, ``#echo_body``: provider-specific; a mock may ignore them.
+- ``#fault=NAME``: a broken upstream (``hang_head``, ``truncate``, ``malformed``, ``close``,
+  ``bytewise``, ``html``); provider-specific, see the mock's ``FAULTS``; a mock may ignore it.
 
 Without directives the answer is ``REPLY_PREFIX`` + the user's text. When the conversation ends
 with tool results the answer is ``TOOL_RESULT_PREFIX`` + the results joined by ``"; "``, so a test
@@ -41,13 +43,13 @@ from typing import Any, Literal
 
 DIRECTIVES = frozenset(
     {"chunks", "delay", "hang", "status", "midstream_error", "error_in_200", "no_usage", "tools", "echo_body",
-     "cached", "exception"}
+     "cached", "exception", "fault"}
 )
 _DIRECTIVE_RE = re.compile(r"(?<!\S)#(" + "|".join(sorted(DIRECTIVES)) + r")(?:=(\S*))?(?!\S)")
 # Directives that carry a number; the rest are bare flags (``tools`` takes an optional one).
 _INT_DIRECTIVES = frozenset({"chunks", "delay", "status", "cached"})
 _OPTIONAL_INT_DIRECTIVES = frozenset({"tools"})
-_STRING_DIRECTIVES = frozenset({"exception"})
+_STRING_DIRECTIVES = frozenset({"exception", "fault"})
 
 REPLY_PREFIX = "Hello from mock: "
 TOOL_RESULT_PREFIX = "Tool results: "

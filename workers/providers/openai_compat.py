@@ -26,6 +26,10 @@ from .sse import SSEDecoder
 
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.encode
+# The code of a 200 the protocol does not allow: an HTML page, a body or stream event that is not
+# JSON, a stream that stops before its end. Never passed on as a success.
+BAD_RESPONSE = "bad_upstream_response"
+EVENT_STREAM = "text/event-stream"
 
 
 class OpenAISettings(ProviderSettings, frozen=True, kw_only=True):
@@ -99,7 +103,10 @@ class OpenAICompatProvider(Provider):
                                         headers=self._headers, auth=self.auth) as response:
                 if response.status_code >= 400:
                     raise self.error_from_response(response, await response.aread())
+                self._check_event_stream(response)
                 decoder = SSEDecoder()
+                # Whether a choice finished: a stream cut after that (no [DONE]) still said everything.
+                finished = False
                 while True:
                     data = await response.read_some()
                     for event in decoder.feed(data) if data else decoder.close():
@@ -113,15 +120,30 @@ class OpenAICompatProvider(Provider):
                         try:
                             chunk = _json.decode(payload)
                         except msgspec.DecodeError:
-                            raise ProviderError(f"Upstream {self.name} sent a malformed stream event.") from None
+                            raise ProviderError(f"Upstream {self.name} sent a stream event that is not JSON.",
+                                                code=BAD_RESPONSE) from None
                         if not isinstance(chunk, dict):
-                            raise ProviderError(f"Upstream {self.name} sent a malformed stream event.")
+                            raise ProviderError(f"Upstream {self.name} sent a stream event that is not a JSON object.",
+                                                code=BAD_RESPONSE)
                         self.check_chunk(chunk)
+                        finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
+                                                   for c in chunk.get("choices") or ())
                         normalized = self.normalize_chunk(chunk)
                         if normalized is not None:
                             yield normalized
                     if not data:
+                        if not finished:
+                            raise ProviderError(f"Upstream {self.name} ended the stream before its end "
+                                                "(no finish_reason, no [DONE]).", code=BAD_RESPONSE)
                         return
+
+    def _check_event_stream(self, response: UpstreamResponse) -> None:
+        """A 2xx that is not an event stream (a proxy's HTML page, say) is refused before it is read;
+        a missing ``Content-Type`` is let through, the events are checked anyway."""
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type and media_type != EVENT_STREAM:
+            raise ProviderError(f"Upstream {self.name} answered {response.status_code} with {media_type}, "
+                                "not an event stream.", code=BAD_RESPONSE)
 
     # -- the upstream's quirks, overridden per provider ------------------------------------
 
@@ -135,7 +157,8 @@ class OpenAICompatProvider(Provider):
     def check_body(self, data: Any) -> None:
         """Errors can arrive inside a 200 body once the upstream has started."""
         if not isinstance(data, dict):
-            raise ProviderError(f"Upstream {self.name} answered with something other than a JSON object.")
+            raise ProviderError(f"Upstream {self.name} answered with something other than a JSON object.",
+                                code=BAD_RESPONSE)
         if data.get("error"):
             raise self.error_from_payload(502, data["error"])
 
@@ -158,7 +181,9 @@ class OpenAICompatProvider(Provider):
         try:
             return _json.decode(content)
         except msgspec.DecodeError:
-            raise ProviderError(f"Upstream {self.name} answered {response.status_code} with a body that is not JSON.") from None
+            media_type = response.headers.get("content-type", "").partition(";")[0].strip() or "no Content-Type"
+            raise ProviderError(f"Upstream {self.name} answered {response.status_code} with a body that is not "
+                                f"JSON ({media_type}, {len(content)} bytes).", code=BAD_RESPONSE) from None
 
     def error_from_response(self, response: UpstreamResponse, content: bytes) -> GatewayError:
         try:
