@@ -22,6 +22,7 @@ from shared.extensions import Extension, build_extensions
 from shared.metrics import GatewayMetrics
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.registry import Registry
+from shared.tracing import Tracing
 
 from .auth import JWKSVerifier, LocalKey, LocalVerifier, Verifier
 from .catalog import get_model, health, list_models
@@ -82,7 +83,8 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, registry: Registry | None = None, verifier: Verifier | None = None,
                on_ready: Callable[[], None] | None = None,
-               extensions: Sequence[Extension] | None = None, metrics: GatewayMetrics | None = None) -> Starlette:
+               extensions: Sequence[Extension] | None = None, metrics: GatewayMetrics | None = None,
+               tracing: Tracing | None = None) -> Starlette:
     """Build the app.
 
     :param settings: the gateway settings.
@@ -94,6 +96,8 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
         ones ``settings`` names (``[gateway.quota]``, ``extensions = [...]``).
     :param metrics: served at ``GET /metrics`` and fed by every request; None for no metrics (every
         request is still logged and gets its ``X-Request-Id``: ``api/observe.py``).
+    :param tracing: a span per inference request, its context carried to the workers in the job
+        (``shared/tracing.py``); None for no traces. Whoever made it closes it.
     """
 
     @contextlib.asynccontextmanager
@@ -122,7 +126,7 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
             exts = list(extensions) if extensions is not None else build_extensions(settings, redis)
             for extension in exts:
                 stack.push_async_callback(extension.close)
-            gateway = Gateway(settings, source, redis, ver, exts)
+            gateway = Gateway(settings, source, redis, ver, exts, tracing=tracing)
             await gateway.start()
             stack.push_async_callback(gateway.stop)
             if metrics is not None:
@@ -155,6 +159,6 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ObserveRequests, metrics=metrics)],
+        middleware=[Middleware(ObserveRequests, metrics=metrics, tracing=tracing)],
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected},
     )

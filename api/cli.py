@@ -77,6 +77,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
     from shared.metrics import GatewayMetrics
     from shared.runtime import tune_process
+    from shared.tracing import Tracing, provider_names
 
     from .app import create_app
 
@@ -93,11 +94,17 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     # In JSON, uvicorn's own records go through the root handler like every other; in text, uvicorn
     # keeps its familiar format.
     log_config = {"log_config": None} if args.log_format == "json" else {}
-    app = create_app(settings, on_ready=tune_process, metrics=metrics)
+    # OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (shared/tracing.py).
+    tracing = Tracing.from_environment("reactor-api", provider_names(settings.providers))
+    app = create_app(settings, on_ready=tune_process, metrics=metrics, tracing=tracing)
     config = uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=args.access_log,
                             **log_config, loop="uvloop" if _has_uvloop() else "asyncio", http="httptools",
                             timeout_graceful_shutdown=round(settings.shutdown_grace))
-    DrainingServer(config, app, settings.drain_seconds).run()
+    try:
+        DrainingServer(config, app, settings.drain_seconds).run()
+    finally:
+        if tracing is not None:
+            tracing.close()  # the spans still buffered go out before the process ends
     return 0
 
 
@@ -169,12 +176,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot serve worker metrics on port {args.metrics_port}: {exc}") from None
 
+    from shared.tracing import Tracing, provider_names
+
+    tracing = Tracing.from_environment("reactor-worker", provider_names(settings.providers))
+
     async def main() -> None:
         registry = RegistrySource(settings)
         await registry.load()
-        await run_worker_process(settings, registry, args.provider or None, metrics)
+        await run_worker_process(settings, registry, args.provider or None, metrics, tracing)
 
-    _run_uvloop(main())
+    try:
+        _run_uvloop(main())
+    finally:
+        if tracing is not None:
+            tracing.close()  # the spans still buffered go out before the process ends
     return 0
 
 

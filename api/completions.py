@@ -105,7 +105,8 @@ async def _relay(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
                 # The worker went silent or its messages were lost: it may be dead with the
                 # usage unrecorded, so meter what reached the client.
                 if out_chars:
-                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id))
+                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id,
+                                                            replies.provider))
                 if record is not None:
                     record.failed(exc.code)
                 yield _sse(exc.to_json())

@@ -16,14 +16,15 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from shared.config import Settings
-from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable
+from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable, UserShareExceeded
 from shared.fleet import RETRY_AFTER_S, PoolCapacity, silence_timeout
 from shared.extensions import Extension
 from shared.health import RouteHealth, RouteStats
 from shared.keys import Keys
-from shared.queue import Enqueuer
+from shared.queue import Admission, Enqueuer, job_lifetime, user_limit
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.registry import Model, Registry
+from shared.tracing import Tracing
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
                           replay_spool_forever)
 from shared.wire import Cancel, Job, Target
@@ -43,11 +44,13 @@ class Gateway:
     :param redis: the process's pool.
     :param verifier: checks bearer tokens.
     :param extensions: quota, routing and usage hooks, run in order (``shared/extensions.py``).
+    :param tracing: starts the span of each inference request (``shared/tracing.py``); None for none.
     """
 
     def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, redis: Redis,
-                 verifier: Verifier, extensions: Sequence[Extension] = ()) -> None:
+                 verifier: Verifier, extensions: Sequence[Extension] = (), tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.registry_source = registry
         self._model_objects: tuple[Registry | None, dict[str, Any]] = (None, {})
         self.redis = redis
@@ -64,7 +67,7 @@ class Gateway:
         self.replies = ReplyRouter(redis, self.keys.reply_channel(self.process_id),
                                    heartbeat=settings.heartbeat_interval, silence_timeout=silence,
                                    deadline=settings.queue_timeout + settings.request_timeout + 2 * silence)
-        self.enqueuer = Enqueuer(redis, self.keys)
+        self.enqueuer = Enqueuer(redis, self.keys, job_lifetime(settings))
         self.capacity = PoolCapacity(redis, self.keys, list(settings.enabled_providers), settings.heartbeat_interval,
                                      settings.queue_backlog)
         self.usage = UsageRecorder(redis, self.keys, settings.usage_retention_days, settings.usage_spool)
@@ -160,6 +163,7 @@ class Gateway:
 
         :raises NoWorker: no live worker serves the provider, or none took the job within ``queue_timeout``.
         :raises Overloaded: the pool's workers are all busy and its backlog is full.
+        :raises UserShareExceeded: the job's user already holds their share of the pool.
         :raises Unavailable: Redis is unreachable.
         """
         if not self.replies.ready:
@@ -171,8 +175,9 @@ class Gateway:
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout)
         try:
-            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit)
-            if admitted:
+            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
+                                                   user_limit(limit, self.settings.queue_user_share))
+            if admitted is Admission.ADMITTED:
                 await stream.next()
         except (RedisError, OSError):
             # redis-py raises its ConnectionError mostly, but a socket reset mid-command can
@@ -182,8 +187,13 @@ class Gateway:
         except (GatewayError, asyncio.CancelledError):
             self.abandon(stream)
             raise
-        if not admitted:
+        if admitted is not Admission.ADMITTED:
             stream.close()  # nothing was queued, so there is nothing to cancel
+            if admitted is Admission.USER_SHARE_FULL:
+                raise UserShareExceeded(
+                    f"Your requests already hold your share of the provider {provider!r}'s workers "
+                    f"(queue_user_share); try again when one of them has finished.",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
             raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
                              headers={"Retry-After": str(RETRY_AFTER_S)})
         return stream
@@ -196,13 +206,18 @@ class Gateway:
         stream.close()
         self.spawn(self.cancel(stream.request_id))
 
-    async def meter_lost_worker(self, job: Job, out_chars: int, started: float, model_id: str | None = None) -> None:
+    async def meter_lost_worker(self, job: Job, out_chars: int, started: float, model_id: str | None = None,
+                                provider: str | None = None) -> None:
         """Meter a stream whose worker died before metering it: what the client was sent, estimated.
 
         The worker may yet record it (it was only slow); the request-id claim keeps whichever
         record comes first, so the request is never counted twice.
+
+        :param model_id: the model serving when the worker was lost, and ``provider`` its provider
+            (both from the worker's start reply).
         """
-        target = next((t for t in job.targets if t.model_id == model_id), job.targets[job.attempt])
+        target = next((t for t in job.targets if t.model_id == model_id and provider in (None, t.provider)),
+                      job.targets[job.attempt])
         body = msgspec.json.decode(job.body)
         tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,

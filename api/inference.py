@@ -49,12 +49,18 @@ async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str]
     :param surface: which API the client spoke (``chat``, ``embeddings``, ``responses``, ``messages``).
     """
     record = current.get()
+    # The record's id: a request refused before it becomes a job is answered and traced under it too.
+    request_id = record.request_id if record is not None and record.job is None else uuid.uuid4().hex
+    span = None
     if record is not None:
         record.admitted(surface, identity.user_id)
+        if gateway.tracing is not None:
+            # Ended with the record (observe.py), whether or not the request becomes a job.
+            record.span = span = gateway.tracing.request_started(surface, request_id, identity.user_id,
+                                                                 headers.get("traceparent"))
     typed, raw = decode_request(body, schema)
     check(typed)
     alias, targets = await plan(gateway.registry, typed.model, kind, gateway.round_robin_turn, speed=gateway.speed)
-    request_id = uuid.uuid4().hex
     info: RequestInfo | None = None
     if gateway.extensions:
         info = RequestInfo(
@@ -73,6 +79,9 @@ async def admit(gateway: Gateway, identity: Identity, headers: Mapping[str, str]
               surface=surface, client_request_id=client_request_id(headers.get("x-request-id")))
     if record is not None:
         record.job = job
+    if span is not None:
+        assert gateway.tracing is not None
+        job.traceparent = gateway.tracing.request_admitted(span, job, typed.model)
     if info is not None:
         try:
             for extension in gateway.extensions:
@@ -200,7 +209,8 @@ async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncItera
                 reply = await replies.next()
             except GatewayError as exc:
                 if out_chars:
-                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id))
+                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id,
+                                                            replies.provider))
                 if record is not None:
                     record.failed(exc.code)
                 raise StreamFailed(exc, sent) from None

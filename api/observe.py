@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 from contextvars import ContextVar
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.errors import GatewayError
 from shared.logs import log_context
 from shared.metrics import GatewayMetrics
+from shared.tracing import Tracing
 from shared.wire import Job
 
 from .replies import ReplyStream
@@ -62,7 +64,7 @@ class RequestRecord:
     """What one request did, filled in as it goes; read when it is over."""
 
     __slots__ = ("method", "path", "surface", "client_request_id", "started", "user_id", "job", "replies",
-                 "queue_wait_s", "first_token_at", "code", "status", "_own_id")
+                 "queue_wait_s", "first_token_at", "code", "status", "span", "_own_id")
 
     def __init__(self, method: str, path: str, surface: str | None, client_id: str | None) -> None:
         self.method = method
@@ -77,6 +79,8 @@ class RequestRecord:
         self.first_token_at: float | None = None
         self.code: str | None = None
         self.status: int | None = None
+        # The request's span when traces are on (shared/tracing.py), ended with the record.
+        self.span: Any = None
         self._own_id: str | None = None
 
     @property
@@ -104,16 +108,18 @@ class RequestRecord:
     def served_by(self) -> tuple[str, str]:
         """(model id, provider) that served, or were to serve; ("", "") before a model was chosen.
 
-        The worker's start reply names the model; its provider is the first of the job's targets
-        for that model.
+        The worker's start reply of the attempt that served names both: after a fallback between
+        two providers of one model, the model alone would not tell which served.
         """
         job = self.job
         if job is None or not job.targets:
             return "", ""
-        model_id = self.replies.model_id if self.replies is not None else None
-        if model_id is not None:
-            for target in job.targets:
-                if target.model_id == model_id:
+        replies = self.replies
+        if replies is not None and replies.model_id is not None:
+            if replies.provider is not None:
+                return replies.model_id, replies.provider
+            for target in job.targets:  # a start reply from a worker that does not name its provider
+                if target.model_id == replies.model_id:
                     return target.model_id, target.provider
         target = job.targets[job.attempt]
         return target.model_id, target.provider
@@ -137,12 +143,16 @@ class ObserveRequests:
     :param app: the application.
     :param metrics: where to count requests; None to only log them.
     :param log: the per-request line's logger.
+    :param tracing: ends the span a surface started for the request (``inference.admit``), once
+        the response is over.
     """
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None = None, log: logging.Logger = request_log) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics | None = None, log: logging.Logger = request_log,
+                 tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.log = log
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == METRICS_PATH:
@@ -198,6 +208,8 @@ class ObserveRequests:
                                        record.queue_wait_s,
                                        job.targets[0].provider if job is not None and job.targets else "",
                                        started_as=surface_at_start)
+        if record.span is not None and self.tracing is not None:
+            self.tracing.request_ended(record.span, status, record.code, model, provider)
         if self.log.isEnabledFor(logging.INFO):
             self.log.info("request", extra={"fields": {
                 "request_id": record.request_id, "client_request_id": record.client_request_id,

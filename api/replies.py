@@ -150,7 +150,8 @@ class ReplyStream:
     A fallback to another provider's pool hands the request from one worker to the next: the
     first worker's ``handoff`` message unbinds the stream (no worker to watch; the start timeout
     runs again), the next worker's first message binds it to that worker, and its sequence
-    numbers continue where the first left off. ``model_id`` follows each attempt's ``start``.
+    numbers continue where the first left off. ``model_id`` and ``provider`` follow each attempt's
+    ``start``, so after a fallback they name what served.
     """
 
     def __init__(self, router: ReplyRouter, request_id: str, start_timeout: float = 10.0) -> None:
@@ -159,6 +160,7 @@ class ReplyStream:
         self._start_timeout = start_timeout
         self._started = False
         self.model_id: str | None = None
+        self.provider: str | None = None
         # A deque and one waiter rather than an asyncio.Queue: this is touched once per token,
         # and only one coroutine ever waits on it.
         self._replies: deque[Reply] = deque()
@@ -190,7 +192,7 @@ class ReplyStream:
                 raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
             self._next_seq += 1
             if reply.kind == "start":
-                self.model_id = reply.model_id
+                self.model_id, self.provider = reply.model_id, reply.provider
                 if self._started:
                     continue  # a later attempt announcing itself: nothing for the client
                 self._started = True

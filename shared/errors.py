@@ -113,6 +113,16 @@ class QuotaExceeded(GatewayError):
     code = "quota_exceeded"
 
 
+class UserShareExceeded(GatewayError):
+    """One user's jobs hold their whole share of a provider pool (``queue_user_share``): this user
+    waits, the pool stays open to the others. Another pool may take it, as for :class:`Overloaded`."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "user_queue_share_exceeded"
+    retryable = True
+
+
 class ProviderError(GatewayError):
     """The upstream refused or failed the request; ``status`` mirrors what it means for the client.
 
@@ -173,6 +183,7 @@ _KINDS: dict[str, type[GatewayError]] = {
         NotFound,
         MethodNotAllowed,
         QuotaExceeded,
+        UserShareExceeded,
         ProviderError,
         UpstreamTimeout,
         NoWorker,

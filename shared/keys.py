@@ -18,6 +18,14 @@ class Keys:
         """The arq queue (a sorted set) of one provider's worker pool."""
         return f"{self.prefix}queue:{provider}"
 
+    def queue_user_jobs(self, provider: str, user_id: str) -> str:
+        """Sorted set of the job ids one user holds in a provider's pool (queued or running), each
+        scored by when it is forgotten even if its end is never cleared (unix ms): the per-user
+        share of the pool is counted here, by the admission script, and the end-of-job script
+        removes the id. Named after the queue, so it shares whatever slot the queue's name maps to.
+        The user id comes last: it may contain ``:``."""
+        return f"{self.queue(provider)}:user:{user_id}"
+
     def queue_notify(self, provider: str) -> str:
         """Pub/sub channel published after each enqueue so idle workers wake at once."""
         return f"{self.queue(provider)}:notify"

@@ -8,12 +8,17 @@ one script instead, run once for every job the process submits in the same loop 
 Admission is backpressure: a pool takes a job only while the jobs it holds (queued or running:
 the queue keeps both until they end) are fewer than the limit the front door computed from
 its live workers' slots plus a backlog. It is checked inside Redis, so several front doors
-cannot overfill a pool between them.
+cannot overfill a pool between them. Within that, one user's jobs may hold only their share of
+the pool (``queue_user_share``): each pool keeps, per user, the ids of the jobs that user holds
+(``Keys.queue_user_jobs``), added here and removed by the worker's end-of-job script. Each id is
+scored by when it is forgotten anyway (the longest a job can live), so an end that is never
+cleared (a worker killed mid-job) costs the user that slot only until then.
 """
 
 from __future__ import annotations
 
 import time
+from enum import IntEnum
 
 import msgspec
 from arq.constants import job_key_prefix
@@ -21,6 +26,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from .batching import LoopTurnBatch
+from .config import Settings
 from .keys import Keys
 from .wire import Job
 
@@ -30,21 +36,60 @@ job_deserializer = msgspec.msgpack.decode
 
 JOB_FUNCTIONS = {"chat": "chat", "embeddings": "embeddings"}
 
+# How long past request_timeout a job may still run: the worker's own limit on a job function
+# (workers/worker.py) gives it this much more.
+JOB_TIMEOUT_SLACK_S = 30.0
+
+
+class Admission(IntEnum):
+    """What the admission script said of one job (compare by identity: two refusals are truthy)."""
+
+    POOL_FULL = 0
+    ADMITTED = 1
+    USER_SHARE_FULL = 2
+
+
+def job_lifetime(settings: Settings) -> float:
+    """The longest a job can be held by its pool, queued then running, in seconds: how long a
+    user's share counts it when its end is never cleared."""
+    return settings.queue_timeout + settings.request_timeout + JOB_TIMEOUT_SLACK_S
+
+
+def user_limit(limit: int, share: float) -> int:
+    """How many of a pool's ``limit`` jobs one user may hold: their ``share`` of it, at least one."""
+    return max(1, int(limit * share))
+
+
 # Admits the jobs of one batch and wakes their pools, as one command: a pipeline costs redis-py
-# more client time than the commands in it. KEYS: per job, its queue and its job key. ARGV: per
-# job, envelope, expiry ms, score (now ms), limit, job id, the queue's notify channel. Returns
-# 1 (admitted) or 0 (the pool is full) per job.
+# more client time than the commands in it. KEYS: per job, its queue, its job key and its user's
+# jobs in that pool. ARGV: per job, envelope, expiry ms, score (now ms), limit, job id, the
+# queue's notify channel, the user's limit (-1: none, and their jobs are not counted) and how
+# long the user's set keeps the id (ms). Returns per job an Admission: 1 (admitted), 0 (the pool
+# is full) or 2 (the user holds their whole share of it). A full pool is said first: it is full
+# for everyone, whoever holds it.
 _ADMIT = """
 local out, wake = {}, {}
-for i = 0, #KEYS / 2 - 1 do
-  local queue, a = KEYS[2 * i + 1], 6 * i
-  if redis.call('ZCARD', queue) < tonumber(ARGV[a + 4]) then
-    redis.call('SET', KEYS[2 * i + 2], ARGV[a + 1], 'PX', ARGV[a + 2])
-    redis.call('ZADD', queue, ARGV[a + 3], ARGV[a + 5])
+for i = 0, #KEYS / 3 - 1 do
+  local queue, owner, a = KEYS[3 * i + 1], KEYS[3 * i + 3], 8 * i
+  local now, own_limit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7])
+  local own_full = false
+  if own_limit >= 0 then
+    redis.call('ZREMRANGEBYSCORE', owner, '-inf', now)
+    own_full = redis.call('ZCARD', owner) >= own_limit
+  end
+  if redis.call('ZCARD', queue) >= tonumber(ARGV[a + 4]) then
+    out[#out + 1] = 0
+  elseif own_full then
+    out[#out + 1] = 2
+  else
+    redis.call('SET', KEYS[3 * i + 2], ARGV[a + 1], 'PX', ARGV[a + 2])
+    redis.call('ZADD', queue, now, ARGV[a + 5])
+    if own_limit >= 0 then
+      redis.call('ZADD', owner, now + tonumber(ARGV[a + 8]), ARGV[a + 5])
+      redis.call('PEXPIRE', owner, ARGV[a + 8])
+    end
     wake[ARGV[a + 6]] = true
     out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
   end
 end
 for channel in pairs(wake) do
@@ -52,6 +97,19 @@ for channel in pairs(wake) do
 end
 return out
 """
+
+
+class JobOwner(msgspec.Struct, array_like=True):
+    """The leading fields of an encoded :class:`~shared.wire.Job`, as far as its user: what the
+    worker reads to clear a job from its user's share, without decoding the rest."""
+
+    request_id: str
+    kind: str
+    reply_channel: str
+    user_id: str
+
+
+owner_decoder = msgspec.msgpack.Decoder(JobOwner)
 
 
 def queue_job_id(job: Job) -> str:
@@ -68,32 +126,42 @@ class Enqueuer:
 
     :param redis: the process's pool.
     :param keys: the key names.
+    :param hold_s: how long a user's share counts a job whose end is never cleared
+        (:func:`job_lifetime`).
     """
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, hold_s: float = 0.0) -> None:
         self._keys = keys
+        self._hold_ms = max(1, int(hold_s * 1000))
         self._admit = redis.register_script(_ADMIT)
-        self._batch: LoopTurnBatch[tuple[Job, str, float, int], bool] = LoopTurnBatch(self._send)
+        self._batch: LoopTurnBatch[tuple[Job, str, float, int, int | None], Admission] = LoopTurnBatch(self._send)
 
-    async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int) -> bool:
+    async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int,
+                      user_limit: int | None = None) -> Admission:
         """Queue ``job`` for ``provider``'s workers and wake them, if the pool has room.
 
         :param expires_s: after this the job key is gone and a worker that finds the id skips it,
             so a request the front door has given up on is never served late.
         :param limit: the most jobs (queued and running) the pool may hold with this one.
-        :returns: whether the job was queued; False when the pool is full.
+        :param user_limit: the most of them the job's user may hold with this one; None for no
+            per-user limit (and the job is not counted in its user's share).
+        :returns: ``ADMITTED``, or why not: ``POOL_FULL``, ``USER_SHARE_FULL``.
         :raises redis.RedisError: what the script call raised.
         """
-        return await self._batch.submit((job, provider, expires_s, limit))
+        return await self._batch.submit((job, provider, expires_s, limit, user_limit))
 
-    async def _send(self, batch: list[tuple[Job, str, float, int]]) -> list[bool]:
+    async def _send(self, batch: list[tuple[Job, str, float, int, int | None]]) -> list[Admission]:
         now_ms = int(time.time() * 1000)
         keys: list[str] = []
         args: list[bytes | str | int] = []
-        for job, provider, expires_s, limit in batch:
+        for job, provider, expires_s, limit, own_limit in batch:
             job_id = queue_job_id(job)
-            keys += [self._keys.queue(provider), job_key_prefix + job_id]
+            queue = self._keys.queue(provider)
+            # Without a user limit the queue stands in for the user's key: the script leaves it be.
+            owner = self._keys.queue_user_jobs(provider, job.user_id) if own_limit is not None else queue
+            keys += [queue, job_key_prefix + job_id, owner]
             args += [serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None, now_ms,
                                    serializer=job_serializer),
-                     int(expires_s * 1000), now_ms, limit, job_id, self._keys.queue_notify(provider)]
-        return [bool(ok) for ok in await self._admit(keys=keys, args=args)]
+                     int(expires_s * 1000), now_ms, limit, job_id, self._keys.queue_notify(provider),
+                     -1 if own_limit is None else own_limit, self._hold_ms]
+        return [Admission(int(code)) for code in await self._admit(keys=keys, args=args)]

@@ -322,6 +322,9 @@ class Job(Struct, array_like=True):
     surface: str = "chat"
     # The client's own X-Request-Id, for logs; never the job's id, which must stay unique.
     client_request_id: str | None = None
+    # The front door's request span (W3C `traceparent`), parent of the workers' job spans; None
+    # without tracing (one nil byte in the job).
+    traceparent: str | None = None
 
 
 # -------------------------------------------------------------------------------------------
@@ -346,6 +349,9 @@ class Reply(Struct, array_like=True):
     error: WireError | None = None     # "error": what went wrong
     model_id: str | None = None        # "start": the model that is serving
     out_chars: int = 0                 # characters of output sent so far, for metering a lost worker
+    # "start": the provider that is serving. A model may have routes on several providers, and a
+    # fallback between them keeps the model: the front door learns the provider only from here.
+    provider: str | None = None
 
 
 class ReplyBatch(Struct, array_like=True):

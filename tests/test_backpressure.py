@@ -16,7 +16,9 @@ from .gateway_proc import RunningGateway
 def small_gateway(tmp_path, redis_url, openrouter_mock, local_mock):
     """Two job slots per worker and a backlog of one: the fourth concurrent request is one too many."""
     gw = RunningGateway(tmp_path / "gw", redis_url, f"rtest-{uuid.uuid4().hex[:8]}:", openrouter_mock.url,
-                        local_mock.url, extra="worker_concurrency = 2\nqueue_backlog = 1\n")
+                        local_mock.url, extra="worker_concurrency = 2\nqueue_backlog = 1\n"
+                        # one user fills the pool here: no per-user share in the way
+                        "queue_user_share = 1\n")
     gw.start()
     yield gw
     gw.stop()

@@ -293,6 +293,35 @@ def test_model_falls_back_to_its_own_next_route(gw, upstreams):
         assert fallback_logged(gw, request_id, "m-dual", "secondary")
 
 
+def front_door_requests(gw: RunningGateway, model: str) -> Counter:
+    """The front door's ``reactor_requests_total`` for ``model``, by provider label."""
+    page = httpx.get(f"{gw.url}/metrics", timeout=5).text
+    counts: Counter = Counter()
+    for line in page.splitlines():
+        if line.startswith("reactor_requests_total{") and f'model="{model}"' in line:
+            provider = line.split('provider="', 1)[1].split('"', 1)[0]
+            counts[provider] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def test_the_front_door_names_the_provider_that_served_after_a_fallback(gw, upstreams):
+    # Both routes are one model: only the provider tells the primary's failure from the secondary's answer.
+    upstreams["primary"].stop()
+    client = gw.client(f"user_label_{uuid.uuid4().hex[:6]}")
+    before = front_door_requests(gw, "m-dual")
+
+    served = [ask(client, "m-dual", f"label {i}", stream=i % 2 == 1) for i in range(4)]
+
+    assert {model for _, model, _ in served} == {"m-dual"}
+    # Counted as each response ends, which may be a moment after the client has read it.
+    assert wait_until(lambda: front_door_requests(gw, "m-dual")["secondary"] - before["secondary"] >= 4)
+    after = front_door_requests(gw, "m-dual")
+    assert after["secondary"] - before["secondary"] == 4, after
+    assert after["primary"] == before["primary"], after
+    for props in usage_by_request(gw, [rid for rid, _, _ in served], settle=0).values():
+        assert [p["provider"] for p in props] == ["secondary"]
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_fallback_on_a_retryable_status(gw, upstreams, status):
     primary, secondary = upstreams["primary"], upstreams["secondary"]

@@ -28,12 +28,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.config import Settings
-from shared.errors import GatewayError, InternalError, NoWorker, Overloaded, ProviderError, Unavailable, UpstreamTimeout
+from shared.errors import (GatewayError, InternalError, NoWorker, Overloaded, ProviderError, Unavailable,
+                           UpstreamTimeout, UserShareExceeded)
 from shared.extensions import Extension
 from shared.fleet import RETRY_AFTER_S, PoolCapacity
 from shared.health import RouteHealth
 from shared.logs import log_context
-from shared.queue import Enqueuer
+from shared.tracing import Tracing
+from shared.queue import Admission, Enqueuer, user_limit
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
                           tokens_from_usage)
@@ -128,12 +130,15 @@ class Handoff:
     :param enqueuer: puts jobs on provider queues.
     :param capacity: which pools have live workers, and how much they may hold.
     :param queue_timeout: how long a handed-off job may wait for its new pool.
+    :param user_share: the part of the new pool the job's user may hold (``queue_user_share``).
     """
 
-    def __init__(self, enqueuer: Enqueuer, capacity: PoolCapacity, queue_timeout: float) -> None:
+    def __init__(self, enqueuer: Enqueuer, capacity: PoolCapacity, queue_timeout: float,
+                 user_share: float = 1.0) -> None:
         self._enqueuer = enqueuer
         self._capacity = capacity
         self._queue_timeout = queue_timeout
+        self._user_share = user_share
 
     async def has_workers(self, provider: str) -> bool:
         try:
@@ -145,14 +150,20 @@ class Handoff:
     async def send(self, job: Job, provider: str) -> None:
         """Queue ``job`` on ``provider``'s pool.
 
-        :raises GatewayError: the pool has no live worker or no room (Redis errors as Unavailable).
+        :raises GatewayError: the pool has no live worker or no room, for anyone or for the job's
+            user (Redis errors as Unavailable).
         """
         try:
             limit = await self._capacity.limit(provider)
-            admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, limit)
+            admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, limit,
+                                                    user_limit(limit, self._user_share))
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
-        if not admitted:
+        if admitted is Admission.USER_SHARE_FULL:
+            raise UserShareExceeded(f"Your requests already hold your share of the provider {provider!r}'s workers "
+                                    f"(queue_user_share); try again when one of them has finished.",
+                                    headers={"Retry-After": str(RETRY_AFTER_S)})
+        if admitted is not Admission.ADMITTED:
             raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
                              headers={"Retry-After": str(RETRY_AFTER_S)})
 
@@ -173,14 +184,18 @@ class JobRunner:
     :param on_job_start: called with each job as it starts (not for one cancelled before it started).
     :param on_job_end: called with each started job and its :class:`JobOutcome` once it is over,
         after its usage is settled. Hooks must be quick; what they raise is logged and dropped.
+    :param tracing: when given, each job gets a span (a child of its request's span at the front
+        door) with one child per upstream attempt (``shared/tracing.py``).
     """
 
     def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, redis: Redis,
                  providers: Mapping[str, Provider], usage: UsageRecorder, replies: ReplyHub, *,
                  health: RouteHealth, handoff: Handoff, extensions: Sequence[Extension] = (),
                  on_job_start: Callable[[Job], None] | None = None,
-                 on_job_end: Callable[[Job, JobOutcome], None] | None = None) -> None:
+                 on_job_end: Callable[[Job, JobOutcome], None] | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.registry_source = registry
         self.redis = redis
         self.providers = providers
@@ -259,6 +274,8 @@ class JobRunner:
         handed_off = False
         attempts: list[Attempt] = []
         failure: GatewayError | None = None
+        tracing = self.tracing
+        span = tracing.job_started(job) if tracing is not None else None
         # The overall deadline runs from when the client asked, across attempts and hand-offs.
         remaining = self.settings.request_timeout - max(0.0, started - job.enqueued_at) if job.enqueued_at else \
             self.settings.request_timeout
@@ -272,7 +289,10 @@ class JobRunner:
                         body["model"] = target.upstream_model
                         # Assigned before the call: a cancelled attempt still meters what it used.
                         meter = Meter(body)
-                        await self._attempt(job, target, body, meter, publisher)
+                        if span is None:
+                            await self._attempt(job, target, body, meter, publisher)
+                        else:
+                            await self._traced_attempt(span, job, target, body, meter, publisher)
                         attempts.append(Attempt(target, meter.error, meter.first_token_s))
                         if meter.error is None:
                             await self.health.succeeded(target, meter.first_token_s)
@@ -328,8 +348,13 @@ class JobRunner:
                     # Shielded: a cancelled job must still meter what the upstream already produced.
                     usage = await asyncio.shield(self._settle(job, target, meter, started, status, tried))
             finally:
-                self._ended(job, JobOutcome(target, status, attempts, tried, usage, failure,
-                                            time.monotonic() - clock))
+                outcome = JobOutcome(target, status, attempts, tried, usage, failure, time.monotonic() - clock)
+                self._ended(job, outcome)
+                if span is not None:
+                    assert tracing is not None
+                    tracing.job_ended(span, target, status, tried, failure.code if failure else None,
+                                      usage.tokens_in if usage else None, usage.tokens_out if usage else None,
+                                      usage.cost_usd if usage else None)
 
     def _ended(self, job: Job, outcome: JobOutcome) -> None:
         """The job's line in the log (at debug: the front door logs every request), then the hook."""
@@ -353,7 +378,7 @@ class JobRunner:
     async def _attempt(self, job: Job, target: Target, body: dict, meter: Meter, publisher: ReplyPublisher) -> None:
         """Serve the job with one target; ``meter.error`` says why it failed, if it did."""
         provider = self.providers.get(target.provider)
-        publisher.start(target.model_id)
+        publisher.start(target.model_id, target.provider)
         try:
             if provider is None:
                 raise InternalError(f"This worker has no provider named {target.provider!r}.")
@@ -365,6 +390,19 @@ class JobRunner:
                 await self._complete(job, target, provider, body, meter, publisher)
         except GatewayError as exc:
             meter.error = exc
+
+    async def _traced_attempt(self, span: Any, job: Job, target: Target, body: dict, meter: Meter,
+                              publisher: ReplyPublisher) -> None:
+        """:meth:`_attempt` in a span of its own, a child of the job's ``span``."""
+        tracing = self.tracing
+        assert tracing is not None
+        attempt_span = tracing.attempt_started(span, job, target)
+        try:
+            await self._attempt(job, target, body, meter, publisher)
+        finally:
+            error = meter.error
+            tracing.attempt_ended(attempt_span, error.code if error is not None else None,
+                                  meter.tokens() if meter.accepted and error is None else None)
 
     async def _next_candidate(self, job: Job, attempt: int, tried: int) -> int | None:
         """The index of the next target to try, or None: past ``max_attempts``, or none is available.

@@ -176,10 +176,10 @@ class ReplyPublisher:
         """The sequence number the next message would carry (for the worker a request is handed to)."""
         return self._seq
 
-    def start(self, model_id: str) -> None:
+    def start(self, model_id: str, provider: str | None = None) -> None:
         """Begin the reply (or a new attempt of it): the front door learns the job has a worker, and
-        which model serves."""
-        self._start = Reply(self.request_id, 0, "start", model_id=model_id)
+        which model, on which provider, serves."""
+        self._start = Reply(self.request_id, 0, "start", model_id=model_id, provider=provider)
         self._mark()
 
     def frame(self, payload: bytes) -> None:

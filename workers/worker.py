@@ -14,6 +14,7 @@ through (:class:`JobCounters` turns them into the worker's metrics).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,8 +39,9 @@ from shared.fleet import PoolCapacity
 from shared.health import RouteHealth
 from shared.keys import Keys
 from shared.metrics import WorkerMetrics
-from shared.queue import JOB_FUNCTIONS, Enqueuer, job_deserializer, job_serializer
+from shared.queue import JOB_FUNCTIONS, Enqueuer, job_deserializer, job_lifetime, job_serializer, owner_decoder
 from shared.reconnect import Reconnect
+from shared.tracing import Tracing
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel, Job
@@ -88,13 +90,19 @@ return claimed
 
 
 # Clears ended jobs: out of the queue first, then their keys, atomically, so no poll can claim
-# one again in between. One command for the whole batch.
-# ARGV: the in-progress, job and retry key prefixes, then the ids.
+# one again in between; and out of their user's share of the pool (shared/queue.py). One command
+# for the whole batch. KEYS: the queue, then per id its user's job set (the queue again when the
+# user is unknown: removing the id from it twice is harmless). ARGV: the in-progress, job and
+# retry key prefixes, then the ids.
 _END = """
 for i = 4, #ARGV do
   local id = ARGV[i]
   redis.call('ZREM', KEYS[1], id)
   redis.call('DEL', ARGV[1] .. id, ARGV[2] .. id, ARGV[3] .. id)
+  local owner = KEYS[i - 2]
+  if owner then
+    redis.call('ZREM', owner, id)
+  end
 end
 return #ARGV - 3
 """
@@ -109,14 +117,18 @@ class WakeableWorker(Worker):
 
     :param wake: set by the process's pub/sub listener when a job was enqueued, and when a
         job ends while the worker was full.
+    :param user_jobs: a user id → the key of that user's jobs in this pool (``Keys.queue_user_jobs``).
     """
 
-    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, wake: asyncio.Event, user_jobs: Callable[[str], str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self._user_jobs = user_jobs
         self._claim = self.pool.register_script(_CLAIM)
         self._end = self.pool.register_script(_END)
-        self._ended: list[str] = []
+        # Ended job ids, each with its user's job set in this pool (the queue when unknown).
+        self._ended: list[tuple[str, str]] = []
         self._flusher: asyncio.Task | None = None
 
     async def _poll_iteration(self) -> None:
@@ -142,12 +154,17 @@ class WakeableWorker(Worker):
         self._release_sem_dec_counter_on_complete()
 
     async def _run_claimed(self, job_id: str, payload: bytes, job_try: int) -> None:
+        owner = self.queue_name
         try:
             if not payload:
-                # The front door gave up on it (its key expired) before a worker got to it.
+                # The front door gave up on it (its key expired) before a worker got to it. Its
+                # user is unknown now: their share forgets it by itself (shared/queue.py).
                 logger.info("job %s expired before it started", job_id)
                 return
             function_name, args, kwargs, _, _ = deserialize_job_raw(payload, deserializer=self.job_deserializer)
+            if self._user_jobs is not None and args and isinstance(args[0], bytes):
+                with contextlib.suppress(msgspec.DecodeError):
+                    owner = self._user_jobs(owner_decoder.decode(args[0]).user_id)
             function = self.functions.get(function_name)
             if function is None:
                 logger.warning("job %s: no function %r", job_id, function_name)
@@ -168,7 +185,7 @@ class WakeableWorker(Worker):
                 self.jobs_failed += 1
                 logger.exception("job %s failed", job_id)
         finally:
-            self._ended.append(job_id)
+            self._ended.append((job_id, owner))
             if self._flusher is None or self._flusher.done():
                 self._flusher = self.loop.create_task(self._flush_ended())
 
@@ -183,8 +200,9 @@ class WakeableWorker(Worker):
         while self._ended:
             ended, self._ended = self._ended, []
             try:
-                await self._end(keys=[self.queue_name],
-                                args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix, *ended])
+                await self._end(keys=[self.queue_name, *(owner for _, owner in ended)],
+                                args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix,
+                                      *(job_id for job_id, _ in ended)])
             except (RedisError, OSError) as exc:
                 # The in-progress keys expire by themselves; until then nobody re-runs these jobs.
                 logger.warning("could not clear %d ended jobs: %r", len(ended), exc)
@@ -278,11 +296,12 @@ class WorkerProcess:
     :param extensions: their after-usage hooks run once per request this process serves.
     :param on_job_start: called as each job starts (``JobRunner``'s hook, for every job).
     :param on_job_end: called with each job and how it ended.
+    :param tracing: spans for every job and upstream attempt (``shared/tracing.py``); None for none.
     """
 
     def __init__(self, settings: Settings, registry: RegistrySource | FixedRegistry, providers: list[str] | None = None,
                  extensions: Sequence[Extension] = (), *, on_job_start: Callable[[Job], None] | None = None,
-                 on_job_end: Callable[[Job, JobOutcome], None] | None = None) -> None:
+                 on_job_end: Callable[[Job, JobOutcome], None] | None = None, tracing: Tracing | None = None) -> None:
         names = provider_names(settings, providers)
         self.settings = settings
         self.registry = registry
@@ -290,6 +309,7 @@ class WorkerProcess:
         self.extensions = list(extensions)
         self.on_job_start = on_job_start
         self.on_job_end = on_job_end
+        self.tracing = tracing
         self.keys = Keys(settings.key_prefix)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = asyncio.Event()
@@ -307,9 +327,10 @@ class WorkerProcess:
                                     s.queue_backlog)
             runner = JobRunner(s, self.registry, redis, providers, usage, hub,
                                health=RouteHealth(redis, self.keys, s.routing),
-                               handoff=Handoff(Enqueuer(redis, self.keys), capacity, s.queue_timeout),
+                               handoff=Handoff(Enqueuer(redis, self.keys, job_lifetime(s)), capacity, s.queue_timeout,
+                                               s.queue_user_share),
                                extensions=self.extensions, on_job_start=self.on_job_start,
-                               on_job_end=self.on_job_end)
+                               on_job_end=self.on_job_end, tracing=self.tracing)
             wakes = {n: asyncio.Event() for n in self.names}
             workers = [
                 WakeableWorker(
@@ -328,6 +349,7 @@ class WorkerProcess:
                     ctx={"runner": runner},
                     log_results=False,
                     wake=wakes[n],
+                    user_jobs=lambda user_id, n=n: self.keys.queue_user_jobs(n, user_id),
                 )
                 for n in self.names
             ]
@@ -436,10 +458,12 @@ class WorkerProcess:
 
 
 async def run_worker_process(settings: Settings, registry: RegistrySource | FixedRegistry,
-                             providers: list[str] | None = None, metrics: WorkerMetrics | None = None) -> None:
+                             providers: list[str] | None = None, metrics: WorkerMetrics | None = None,
+                             tracing: Tracing | None = None) -> None:
     """Entry point of ``reactor worker``: runs until SIGINT or SIGTERM.
 
     :param metrics: counts every job when given (the CLI serves it on ``--metrics-port``).
+    :param tracing: traces every job when given (the CLI's, when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set).
     """
     from arq.connections import create_pool, RedisSettings
 
@@ -452,7 +476,7 @@ async def run_worker_process(settings: Settings, registry: RegistrySource | Fixe
     counters = JobCounters(metrics) if metrics is not None else None
     process = WorkerProcess(settings, registry, providers, build_extensions(settings, redis),
                             on_job_start=counters.started if counters else None,
-                            on_job_end=counters.ended if counters else None)
+                            on_job_end=counters.ended if counters else None, tracing=tracing)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, process.stop)
