@@ -5,6 +5,7 @@ authenticate, read the body, submit a job and wait for a worker to take it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 import logging
 from collections.abc import Coroutine, Sequence
@@ -21,13 +22,13 @@ from shared.fleet import RETRY_AFTER_S, PoolCapacity, silence_timeout
 from shared.extensions import Extension
 from shared.health import RouteHealth, RouteStats
 from shared.keys import Keys
-from shared.queue import Admission, Enqueuer, job_lifetime, user_limit
+from shared.queue import Admission, Enqueuer, job_lifetime, queue_job_id, user_limit
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.registry import Model, Registry
 from shared.tracing import Tracing
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
-                          replay_spool_forever)
-from shared.wire import Cancel, Job, Target
+                          replay_spool_forever, tokens_from_usage)
+from shared.wire import Cancel, Job, Reply, Target
 
 from .auth import Identity, Verifier, bearer_token
 from .replies import ReplyRouter, ReplyStream
@@ -173,7 +174,9 @@ class Gateway:
             limit = await self.capacity.limit(provider)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
-        stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout)
+        stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout,
+                                   rerun=functools.partial(self.rerun, job),
+                                   unsettled=functools.partial(self.meter_lost_result, job))
         try:
             admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
                                                    user_limit(limit, self.settings.queue_user_share))
@@ -204,31 +207,81 @@ class Gateway:
         The cancel is sent detached, so it goes out even while the request itself is being torn down.
         """
         stream.close()
-        self.spawn(self.cancel(stream.request_id))
+        self.spawn(self.cancel(stream.reply_id))
+
+    async def rerun(self, job: Job, stream: ReplyStream, lost: str) -> None:
+        """Run ``job`` again on another live worker of its pool: its worker was lost before any
+        output reached the client (``stream.run`` is the new run; ``lost`` the lost run's reply id).
+
+        The lost run is told to stop (a worker that was only slow drops it; a dead one hears
+        nothing) and taken out of its queue. The new run keeps the request id, so whichever run
+        meters the request, it is metered once. It starts from the first target of the model that
+        was serving (the ``start`` names the model, not the route).
+
+        :raises NoWorker: no live worker serves the pool any more (the lost one no longer counts).
+        :raises Overloaded: the pool is full.
+        :raises Unavailable: Redis is unreachable.
+        """
+        self.spawn(self.cancel(lost))
+        lost_provider, lost_id = job.targets[job.attempt].provider, queue_job_id(job)
+        attempt = next((i for i, t in enumerate(job.targets) if t.model_id == stream.model_id), job.attempt)
+        job.attempt, job.tried, job.reply_seq, job.run = attempt, attempt, 0, stream.run
+        provider = job.targets[attempt].provider
+        try:
+            await self.enqueuer.forget(lost_provider, lost_id, job.user_id)
+            limit = await self.capacity.limit(provider)
+            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
+                                                   user_limit(limit, self.settings.queue_user_share))
+        except (RedisError, OSError):
+            raise Unavailable("The job queue (Redis) is unreachable.") from None
+        if admitted is Admission.USER_SHARE_FULL:
+            raise UserShareExceeded(
+                f"Your requests already hold your share of the provider {provider!r}'s workers "
+                f"(queue_user_share); try again when one of them has finished.",
+                headers={"Retry-After": str(RETRY_AFTER_S)})
+        if admitted is not Admission.ADMITTED:
+            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def meter_lost_result(self, job: Job, stream: ReplyStream, result: Reply) -> None:
+        """Meter a non-streamed request whose worker fell silent right after its result: it may have
+        died before metering it. The result carries the usage the worker would have recorded."""
+        try:
+            answer = msgspec.json.decode(result.body or b"{}")
+        except msgspec.DecodeError:
+            answer = None
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        tokens = tokens_from_usage({"completion_tokens": 0, **usage} if isinstance(usage, dict) else None)
+        self.spawn(self.meter_lost_worker(job, 0, job.enqueued_at, stream.model_id, stream.provider,
+                                            tokens=tokens))
 
     async def meter_lost_worker(self, job: Job, out_chars: int, started: float, model_id: str | None = None,
-                                provider: str | None = None) -> None:
-        """Meter a stream whose worker died before metering it: what the client was sent, estimated.
+                                provider: str | None = None, tokens: Tokens | None = None) -> None:
+        """Meter a request whose worker died before metering it: ``tokens``, or else what the client
+        was sent, estimated.
 
-        The worker may yet record it (it was only slow); the request-id claim keeps whichever
-        record comes first, so the request is never counted twice.
+        The worker may yet record it, or have done so (it was only slow, or died just after); the
+        request-id claim keeps whichever record comes first, so the request is never counted twice,
+        and the extensions settle only for the record that counted.
 
         :param model_id: the model serving when the worker was lost, and ``provider`` its provider
             (both from the worker's start reply).
         """
         target = next((t for t in job.targets if t.model_id == model_id and provider in (None, t.provider)),
                       job.targets[job.attempt])
-        body = msgspec.json.decode(job.body)
-        tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
+        if tokens is None:
+            body = msgspec.json.decode(job.body)
+            tokens = Tokens(estimate_tokens(prompt_chars(body)), estimate_tokens(out_chars), estimated=True)
         props = build_usage(request_id=job.request_id, user_id=job.user_id, alias=job.alias,
                             model_id=target.model_id, provider=target.provider, tokens=tokens,
                             model=self.registry.models.get(target.model_id), started=started, status="worker_lost",
                             surface=job.surface)
         try:
-            await self.usage.record(props)
+            first = await self.usage.record(props)
         except (RedisError, OSError):
-            pass  # logged by the recorder
-        await self.after_usage(props, job)
+            first = True  # logged by the recorder; the reservations are settled all the same
+        if first:
+            await self.after_usage(props, job)
 
     async def after_usage(self, props: UsageProperties, job: Job) -> None:
         """The extensions' after-usage hooks, for a request the front door settles itself."""
@@ -249,7 +302,8 @@ class Gateway:
         await self.after_usage(props, job)
 
     async def cancel(self, request_id: str) -> None:
-        """Tell every worker to drop ``request_id``: abort its upstream call, or skip it if queued."""
+        """Tell every worker to drop ``request_id`` (a run's reply id): abort its upstream call, or skip
+        it if queued."""
         try:
             await self.redis.publish(self.keys.cancel_channel, msgspec.msgpack.encode(Cancel(request_id)))
         except (RedisError, OSError):

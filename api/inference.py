@@ -142,9 +142,11 @@ async def single(gateway: Gateway, replies: ReplyStream, receive: Receive) -> by
     except BaseException:
         gateway.abandon(replies)
         raise
-    replies.close()
     if reply.kind == "result" and reply.body is not None:
+        # The worker meters the request after sending this: should it die first, the front door does.
+        replies.close(reply)
         return reply.body
+    replies.close()
     if reply.kind == "error":
         error = reply_error(reply)
         record = current.get()

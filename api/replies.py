@@ -10,6 +10,15 @@ every request it serves. One watchdog pass per heartbeat interval ends the reque
 worker silent for longer than the silence timeout, so waiting for the next token costs no
 timer per message, and a busy worker with thousands of slow streams is never taken for dead.
 A slow upstream is not the front door's business: the worker's read timeout ends it.
+
+A worker found silent before any of the answer reached the client does not fail its request: the
+request runs again, once (:data:`WORKER_LOST_RERUNS`), on another live worker of the pool, through
+the ``rerun`` hook the request was opened with. The new run has a reply id of its own
+(``shared/queue.py`` ``reply_id``), so whatever the lost run still sends, should its worker have
+been only slow, names no open request and is dropped. Once output went out, the stream ends with
+the silence error, as before. A non-streamed result stays watched for one silence period after it
+arrived: a worker that falls silent before it was heard from again may have died before metering
+the request, and the ``unsettled`` hook meters it from the result.
 """
 
 from __future__ import annotations
@@ -17,17 +26,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from redis.asyncio import Redis
 
 from shared.errors import GatewayError, InternalError, NoWorker, Unavailable, UpstreamTimeout, WireError
+from shared.queue import reply_id
 from shared.reconnect import Reconnect
 from shared.wire import Reply, batch_decoder
 
 logger = logging.getLogger("reactor.api")
 
 _LOST = Reply("", -1, "error", error=WireError.of(Unavailable("The connection to Redis was lost mid-request.")))
+# The sequence number of the watchdog's "the worker went silent" message (-1: any other failure).
+_SILENT = -2
+
+# How many times a request whose worker was lost before any output is run again on another worker.
+WORKER_LOST_RERUNS = 1
+
+# Runs the request of a stream again after its worker was lost: called with the stream (its
+# ``run`` already the new one) and the reply id of the lost run. Raises a GatewayError when it
+# cannot (no live worker left, the pool full, Redis away).
+Rerun = Callable[["ReplyStream", str], Awaitable[None]]
+# Meters a non-streamed request whose worker fell silent right after its result: called with the
+# stream and the result.
+Unsettled = Callable[["ReplyStream", Reply], None]
 
 
 class ReplyRouter:
@@ -48,6 +72,8 @@ class ReplyRouter:
         self.silence_timeout = silence_timeout
         self.deadline = deadline
         self._waiting: dict[str, ReplyStream] = {}
+        # Non-streamed results whose worker has not been heard from since: (stream, result, when).
+        self._settling: dict[str, tuple[ReplyStream, Reply, float]] = {}
         self._seen: dict[str, float] = {}
         self._tasks: list[asyncio.Task] = []
         self._ready = asyncio.Event()
@@ -70,20 +96,38 @@ class ReplyRouter:
     def open_requests(self) -> int:
         return len(self._waiting)
 
-    def open(self, request_id: str, start_timeout: float) -> "ReplyStream":
+    def open(self, request_id: str, start_timeout: float, *, rerun: Rerun | None = None,
+             unsettled: Unsettled | None = None) -> "ReplyStream":
         """Listen for ``request_id``'s replies; without a first one within ``start_timeout``, it fails with 503.
 
-        The same wait applies again after each hand-off to another worker pool.
+        The same wait applies again after each hand-off to another worker pool, and after a re-run.
+
+        :param rerun: runs the request again when its worker is lost before any output; without
+            it such a request fails.
+        :param unsettled: meters a non-streamed request whose worker fell silent after its result.
         """
-        stream = ReplyStream(self, request_id, start_timeout)
+        stream = ReplyStream(self, request_id, start_timeout, rerun, unsettled)
         stream._timer = asyncio.get_running_loop().call_later(start_timeout, stream._no_worker)
         self._waiting[request_id] = stream
         return stream
 
-    def close(self, request_id: str) -> None:
-        stream = self._waiting.pop(request_id, None)
+    def close(self, key: str) -> None:
+        """Stop listening for the replies of the run that ``key`` (a stream's ``reply_id``) names."""
+        stream = self._waiting.pop(key, None)
         if stream is not None and stream._timer is not None:
             stream._timer.cancel()
+
+    def _settle(self, stream: "ReplyStream", result: Reply) -> None:
+        """Watch a non-streamed request's worker for one silence period after its result."""
+        self.close(stream.reply_id)
+        if stream.worker_id is not None and stream._unsettled is not None:
+            self._settling[stream.reply_id] = (stream, result, asyncio.get_running_loop().time())
+
+    def _rekey(self, stream: "ReplyStream", lost: str) -> None:
+        """Listen for the stream's new run instead of the lost one."""
+        if self._waiting.get(lost) is stream:
+            del self._waiting[lost]
+        self._waiting[stream.reply_id] = stream
 
     async def _run(self) -> None:
         reconnect = Reconnect(cap=2.0)
@@ -135,11 +179,22 @@ class ReplyRouter:
             now = loop.time()
             for stream in list(self._waiting.values()):
                 if stream.worker_id is not None and now - self._seen.get(stream.worker_id, 0.0) > self.silence_timeout:
-                    stream._fail(UpstreamTimeout("The worker serving this request went silent."))
+                    stream._silent()
                 elif now - stream.opened > self.deadline:
                     stream._fail(UpstreamTimeout("The request took longer than the gateway allows."))
+            for key, (stream, result, since) in list(self._settling.items()):
+                seen = self._seen.get(stream.worker_id, 0.0)
+                if seen > since:
+                    del self._settling[key]  # heard from after its result: alive, it meters the request itself
+                elif now - seen > self.silence_timeout:
+                    del self._settling[key]
+                    try:
+                        stream._unsettled(stream, result)
+                    except Exception:
+                        logger.exception("metering the request %s of a lost worker failed", stream.request_id)
             # Forget workers nobody waits on any more.
             serving = {s.worker_id for s in self._waiting.values()}
+            serving.update(s.worker_id for s, _, _ in self._settling.values())
             for worker_id in [w for w, t in self._seen.items() if w not in serving and now - t > 60]:
                 del self._seen[worker_id]
 
@@ -152,13 +207,24 @@ class ReplyStream:
     runs again), the next worker's first message binds it to that worker, and its sequence
     numbers continue where the first left off. ``model_id`` and ``provider`` follow each attempt's
     ``start``, so after a fallback they name what served.
+
+    A worker that goes silent before anything but its ``start`` was read from the stream is lost
+    before any output: the stream runs the request again (``rerun``), listens under the new run's
+    ``reply_id`` only, and its sequence starts again from 0.
     """
 
-    def __init__(self, router: ReplyRouter, request_id: str, start_timeout: float = 10.0) -> None:
+    def __init__(self, router: ReplyRouter, request_id: str, start_timeout: float = 10.0,
+                 rerun: Rerun | None = None, unsettled: Unsettled | None = None) -> None:
         self._router = router
         self.request_id = request_id
+        # The id the current run's replies name; the request id until the request runs again.
+        self.reply_id = request_id
+        self.run = 0
+        self._rerun = rerun
+        self._unsettled = unsettled
         self._start_timeout = start_timeout
         self._started = False
+        self._start_seq = 0  # the current attempt's "start": nothing read past it means no output yet
         self.model_id: str | None = None
         self.provider: str | None = None
         # A deque and one waiter rather than an asyncio.Queue: this is touched once per token,
@@ -186,13 +252,17 @@ class ReplyStream:
                 finally:
                     self._waiter = None
                 continue
-            if reply.seq == -1:
+            if reply.seq < 0:
+                if reply.seq == _SILENT and self._may_rerun():
+                    await self._run_again()
+                    continue
                 raise reply.error.to_exception()
             if reply.seq != self._next_seq:
                 raise InternalError(f"Reply messages were lost (expected #{self._next_seq}, got #{reply.seq}).")
             self._next_seq += 1
             if reply.kind == "start":
                 self.model_id, self.provider = reply.model_id, reply.provider
+                self._start_seq = reply.seq
                 if self._started:
                     continue  # a later attempt announcing itself: nothing for the client
                 self._started = True
@@ -200,8 +270,44 @@ class ReplyStream:
                 continue
             return reply
 
-    def close(self) -> None:
-        self._router.close(self.request_id)
+    def close(self, result: Reply | None = None) -> None:
+        """Stop listening.
+
+        :param result: the non-streamed result just read: its worker stays watched for one silence
+            period, and is metered from it should it fall silent (it may have died before metering).
+        """
+        if result is None:
+            self._router.close(self.reply_id)
+        else:
+            self._router._settle(self, result)
+
+    def _may_rerun(self) -> bool:
+        """Whether the request may run again: nothing after the attempt's ``start`` was read, so
+        nothing reached the client, and a re-run is left."""
+        return self._rerun is not None and self.run < WORKER_LOST_RERUNS and self._next_seq <= self._start_seq + 1
+
+    async def _run_again(self) -> None:
+        """Listen for a new run of the request and have it started; within the start timeout its
+        worker must speak, as the first one had to.
+
+        :raises GatewayError: the request cannot run again (no live worker is left, say).
+        """
+        lost = self.reply_id
+        self.run += 1
+        self.reply_id = reply_id(self.request_id, self.run)
+        self._router._rekey(self, lost)
+        # What the lost run still had queued here is not the client's any more.
+        self._replies.clear()
+        self._next_seq = self._start_seq = 0
+        self.worker_id = None
+        self._failed = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._start_timeout, self._no_worker)
+        logger.warning("request %s: its worker went silent before any output; running it again (run %d)",
+                       self.request_id, self.run)
+        assert self._rerun is not None
+        await self._rerun(self, lost)
 
     def _put(self, reply: Reply) -> None:
         self._replies.append(reply)
@@ -225,10 +331,14 @@ class ReplyStream:
                 self._timer = None
         self._put(reply)
 
-    def _fail(self, exc: GatewayError) -> None:
+    def _fail(self, exc: GatewayError, seq: int = -1) -> None:
         if not self._failed:
             self._failed = True
-            self._put(Reply(self.request_id, -1, "error", error=WireError.of(exc)))
+            self._put(Reply(self.request_id, seq, "error", error=WireError.of(exc)))
+
+    def _silent(self) -> None:
+        """The watchdog's word that the worker is lost; :meth:`next` decides between a re-run and the error."""
+        self._fail(UpstreamTimeout("The worker serving this request went silent."), _SILENT)
 
     def _no_worker(self) -> None:
         self._timer = None

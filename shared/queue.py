@@ -21,7 +21,7 @@ import time
 from enum import IntEnum
 
 import msgspec
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
@@ -114,10 +114,22 @@ owner_decoder = msgspec.msgpack.Decoder(JobOwner)
 
 def queue_job_id(job: Job) -> str:
     """The arq job id ``job`` is queued under: its request id, plus the attempt once it is handed
-    to another pool. The hand-off is queued while the worker handing it over still holds its own
-    claim on the request id (and bumps its try count), and that worker clears the id's keys when
-    its job ends: under the same id the next pool could neither claim the job nor read it."""
-    return job.request_id if job.attempt == 0 else f"{job.request_id}:{job.attempt}"
+    to another pool, plus the run once the front door runs it again after its worker was lost.
+    The hand-off is queued while the worker handing it over still holds its own claim on the
+    request id (and bumps its try count), and that worker clears the id's keys when its job ends:
+    under the same id the next pool could neither claim the job nor read it. A lost worker's claim
+    is the same: it would block the id until it lapses."""
+    base = job.request_id if job.attempt == 0 else f"{job.request_id}:{job.attempt}"
+    return base if job.run == 0 else f"{base}~r{job.run}"
+
+
+def reply_id(request_id: str, run: int = 0) -> str:
+    """The id that the replies and cancels of one run of a request name: the request id, plus the
+    run once the request runs again after its worker was lost. The front door listens to the
+    current run only, so a lost worker that was merely slow cannot put a second answer into the
+    stream (its replies name no open request), and a cancel of the lost run cannot stop the next.
+    Usage is metered under the request id whichever run records it, so at most once."""
+    return request_id if run == 0 else f"{request_id}~r{run}"
 
 
 class Enqueuer:
@@ -133,6 +145,7 @@ class Enqueuer:
     def __init__(self, redis: Redis, keys: Keys, hold_s: float = 0.0) -> None:
         self._keys = keys
         self._hold_ms = max(1, int(hold_s * 1000))
+        self._redis = redis
         self._admit = redis.register_script(_ADMIT)
         self._batch: LoopTurnBatch[tuple[Job, str, float, int, int | None], Admission] = LoopTurnBatch(self._send)
 
@@ -149,6 +162,19 @@ class Enqueuer:
         :raises redis.RedisError: what the script call raised.
         """
         return await self._batch.submit((job, provider, expires_s, limit, user_limit))
+
+    async def forget(self, provider: str, job_id: str, user_id: str) -> None:
+        """Take a run whose worker was lost out of ``provider``'s queue, with its keys and its place
+        in ``user_id``'s share: a dead worker's claim would otherwise hold both until they lapse. A
+        worker that was only slow finds them gone when its run ends, which is harmless.
+
+        :raises redis.RedisError: what the pipeline raised.
+        """
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._keys.queue(provider), job_id)
+            pipe.zrem(self._keys.queue_user_jobs(provider, user_id), job_id)
+            pipe.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id)
+            await pipe.execute()
 
     async def _send(self, batch: list[tuple[Job, str, float, int, int | None]]) -> list[Admission]:
         now_ms = int(time.time() * 1000)

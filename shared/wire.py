@@ -325,6 +325,9 @@ class Job(Struct, array_like=True):
     # The front door's request span (W3C `traceparent`), parent of the workers' job spans; None
     # without tracing (one nil byte in the job).
     traceparent: str | None = None
+    # How many times the front door ran the request again because its worker was lost before any
+    # output; each run's replies and cancels have an id of their own (shared/queue.py `reply_id`).
+    run: int = 0
 
 
 # -------------------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from shared.extensions import Extension
 from shared.fleet import RETRY_AFTER_S, PoolCapacity
 from shared.health import RouteHealth
 from shared.logs import log_context
+from shared.queue import Admission, Enqueuer, reply_id, user_limit
 from shared.tracing import Tracing
-from shared.queue import Admission, Enqueuer, user_limit
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
                           tokens_from_usage)
@@ -206,20 +206,23 @@ class JobRunner:
         self.extensions = list(extensions)
         self.on_job_start = on_job_start
         self.on_job_end = on_job_end
+        # Running jobs by the reply id of their run (the request id, unless the request runs again
+        # after its worker was lost), which is what cancels name.
         self.running: dict[str, asyncio.Task] = {}
         # Jobs cancelled because their client hung up, told apart from the worker shutting down.
         self._hung_up: set[str] = set()
         # Cancels that arrived before their job started, kept briefly so the job is skipped.
         self.cancelled: dict[str, float] = {}
 
-    def cancel(self, request_id: str) -> None:
-        task = self.running.get(request_id)
+    def cancel(self, run_id: str) -> None:
+        """Stop the job whose run ``run_id`` names (its ``reply_id``), or skip it should it start later."""
+        task = self.running.get(run_id)
         if task is not None:
-            self._hung_up.add(request_id)
+            self._hung_up.add(run_id)
             task.cancel()
             return
         now = time.monotonic()
-        self.cancelled[request_id] = now
+        self.cancelled[run_id] = now
         if len(self.cancelled) > 10_000:
             cutoff = now - 2 * self.settings.queue_timeout
             self.cancelled = {k: t for k, t in self.cancelled.items() if t > cutoff}
@@ -231,11 +234,12 @@ class JobRunner:
         the hop before the upstream request is on the path to the first token.
         """
         job = job_decoder.decode(payload)
-        if self.cancelled.pop(job.request_id, None) is not None:
+        run_id = reply_id(job.request_id, job.run)
+        if self.cancelled.pop(run_id, None) is not None:
             return
         task = asyncio.current_task()
         assert task is not None
-        self.running[job.request_id] = task
+        self.running[run_id] = task
         # The job's task is its own, so every record logged while serving it names its request.
         context = log_context.set(job)
         if self.on_job_start is not None:
@@ -246,13 +250,13 @@ class JobRunner:
         try:
             await self._serve(job)
         except asyncio.CancelledError:
-            if job.request_id in self._hung_up and task.cancelling() == 1:
+            if run_id in self._hung_up and task.cancelling() == 1:
                 task.uncancel()  # the client's cancel, and only that: the job is over, the worker is not
                 return
             raise  # the worker is shutting down, or the job timed out
         finally:
-            self.running.pop(job.request_id, None)
-            self._hung_up.discard(job.request_id)
+            self.running.pop(run_id, None)
+            self._hung_up.discard(run_id)
             log_context.reset(context)
 
     async def _serve(self, job: Job) -> None:
@@ -264,7 +268,7 @@ class JobRunner:
         retried: the stream ends with an ``incomplete_response`` error and what was produced is
         metered.
         """
-        publisher = self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq)
+        publisher = self.replies.open(job.reply_channel, reply_id(job.request_id, job.run), seq=job.reply_seq)
         started = time.time()
         clock = time.monotonic()
         attempt, tried = job.attempt, job.tried
@@ -441,7 +445,8 @@ class JobRunner:
             # This worker answers after all; the front door takes its message after the hand-off.
             job.reply_seq = publisher.next_seq
             with contextlib.suppress(ReplyLost):
-                await self.replies.open(job.reply_channel, job.request_id, seq=job.reply_seq).finish("error", error=exc)
+                await self.replies.open(job.reply_channel, reply_id(job.request_id, job.run),
+                                        seq=job.reply_seq).finish("error", error=exc)
             await self._settle(job, target, None, time.time(), "error", tried)
             return exc
         return None
