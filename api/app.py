@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,6 +20,7 @@ from shared.errors import GatewayError, InternalError, InvalidRequest, MethodNot
 from shared.extensions import Extension, build_extensions
 from shared.metrics import GatewayMetrics
 from shared.overlay import FixedRegistry, RegistrySource
+from shared.redis_client import open_redis
 from shared.registry import Registry
 from shared.tracing import Tracing
 
@@ -40,6 +40,9 @@ from .identity import IdentityService
 from .observe import ObserveRequests, metrics_route, note_error
 
 logger = logging.getLogger("reactor.api")
+# The front door's Redis connections at most: a request holds one only for a command, so this
+# bounds Redis's client count per replica, not the requests in flight.
+MAX_REDIS_CONNECTIONS = 512
 # Errors under this path are rendered in Anthropic's shape (see api/messages.py).
 MESSAGES_PATH = "/ai/v1/messages"
 
@@ -104,7 +107,7 @@ def create_app(settings: Settings, registry: Registry | None = None, verifier: V
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         source = FixedRegistry(registry) if registry is not None else RegistrySource(settings)
         await source.load()
-        redis = Redis.from_url(settings.redis_url, max_connections=512)
+        redis = open_redis(settings.redis_url, timeout=settings.redis_timeout, max_connections=MAX_REDIS_CONNECTIONS)
         async with contextlib.AsyncExitStack() as stack:
             watcher = asyncio.create_task(source.watch(), name="registry-watch")
             stack.callback(watcher.cancel)

@@ -75,10 +75,9 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def cmd_forward(args: argparse.Namespace, settings: Settings) -> int:
     """Forward usage events to Analytics until stopped."""
-    from redis.asyncio import Redis
-
     from shared import analytics
     from shared.keys import Keys
+    from shared.redis_client import open_redis
 
     url = args.url or os.environ.get(ENV_URL)
     if not url:
@@ -104,7 +103,8 @@ def cmd_forward(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        redis = Redis.from_url(redis_url)
+        # Its reads block on purpose for up to READ_BLOCK_MS: the socket timeout comes on top.
+        redis = open_redis(redis_url, timeout=settings.redis_timeout + analytics.READ_BLOCK_MS / 1000)
         try:
             return await analytics.run_forwarder(redis, keys, config, stop=stop, drain=args.drain)
         finally:
@@ -124,15 +124,14 @@ def _ago(ts: float | None) -> str:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """The stream and each consumer group: pending, not yet handed out, delivered, last error."""
-    from redis.asyncio import Redis
-
     from shared.analytics import feed_status
     from shared.keys import Keys
+    from shared.redis_client import open_redis
 
     from .client import as_json
 
     async def main() -> dict[str, Any]:
-        redis = Redis.from_url(_redis_url(settings))
+        redis = open_redis(_redis_url(settings), timeout=settings.redis_timeout)
         try:
             return await feed_status(redis, Keys(settings.key_prefix), args.group)
         finally:

@@ -106,15 +106,15 @@ def _store_url(settings: Settings) -> Iterator[tuple[str, bool]]:
 
 
 def _with_users(settings: Settings, action: Callable[[Any], Awaitable[T]], changes: bool) -> T:
-    from redis.asyncio import Redis
     from redis.exceptions import ResponseError
 
     from shared.keys import Keys
+    from shared.redis_client import open_redis
 
     from .identity import Users
 
     async def run(url: str, private: bool) -> T:
-        client = Redis.from_url(url)
+        client = open_redis(url, timeout=settings.redis_timeout)
         try:
             result = await action(Users(client, Keys(settings.key_prefix)))
             if changes and private:

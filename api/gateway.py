@@ -223,7 +223,8 @@ class Gateway:
         :raises Unavailable: Redis is unreachable.
         """
         self.spawn(self.cancel(lost))
-        lost_provider, lost_id = job.targets[job.attempt].provider, queue_job_id(job)
+        lost_provider = job.targets[job.attempt].provider
+        lost_id = self.keys.job_id(lost_provider, queue_job_id(job))
         attempt = next((i for i, t in enumerate(job.targets) if t.model_id == stream.model_id), job.attempt)
         job.attempt, job.tried, job.reply_seq, job.run = attempt, attempt, 0, stream.run
         provider = job.targets[attempt].provider

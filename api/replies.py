@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from shared.errors import GatewayError, InternalError, NoWorker, Unavailable, UpstreamTimeout, WireError
 from shared.queue import reply_id
 from shared.reconnect import Reconnect
+from shared.redis_client import LISTEN_POLL_S, PubSubLiveness
 from shared.wire import Reply, batch_decoder
 
 logger = logging.getLogger("reactor.api")
@@ -141,9 +142,15 @@ class ReplyRouter:
                     pass
                 self._ready.set()
                 reconnect.succeeded()
+                live = PubSubLiveness(pubsub)
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if msg is None or msg["type"] != "message":
+                    # Never timeout=None: redis-py would read with the socket timeout and fail.
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
+                    if msg is None:
+                        await live.quiet()
+                        continue
+                    live.heard()
+                    if msg["type"] != "message":
                         continue
                     try:
                         batch = batch_decoder.decode(msg["data"])

@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     bind: str = DEFAULT_BIND
     redis_url: str | None = None
+    # How long any one Redis call, or connecting, may take before it fails (shared/redis_client.py).
+    redis_timeout: Seconds = 3.0
     key_prefix: Annotated[str, Meta(pattern=r"^\S+$", description="a non-empty prefix without spaces")] = "reactor:"
     data_dir: Path | None = None
     auth_url: str | None = None

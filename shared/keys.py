@@ -3,6 +3,8 @@
 All names start with the configured prefix (``reactor:`` by default) so that several
 gateways, or several test runs, can share one Redis. arq's own job keys (``arq:job:…``)
 are the exception: arq spells those itself, and our job ids are random so they never collide.
+Keys that one script touches together share a Redis Cluster hash tag where the README's
+"Redis" part says the script runs on a cluster (see :meth:`Keys.job_id`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ class Keys:
         """The arq queue (a sorted set) of one provider's worker pool."""
         return f"{self.prefix}queue:{provider}"
 
+    def job_id(self, provider: str, job_id: str) -> str:
+        """The arq job id ``job_id`` is queued under in ``provider``'s pool: led by the pool's queue
+        name in braces, a Redis Cluster hash tag. Cluster hashes only what is inside the braces, and
+        the queue key (no braces) hashes as a whole, so every key arq spells from the id
+        (``arq:job:…``, ``arq:in-progress:…``, ``arq:retry:…``) lives in the queue's slot and the
+        admission, claim and end scripts touch one slot. The queue key keeps its name."""
+        return f"{{{self.queue(provider)}}}{job_id}"
+
     def queue_user_jobs(self, provider: str, user_id: str) -> str:
         """Sorted set of the job ids one user holds in a provider's pool (queued or running), each
         scored by when it is forgotten even if its end is never cleared (unix ms): the per-user
         share of the pool is counted here, by the admission script, and the end-of-job script
-        removes the id. Named after the queue, so it shares whatever slot the queue's name maps to.
-        The user id comes last: it may contain ``:``."""
-        return f"{self.queue(provider)}:user:{user_id}"
+        removes the id. The queue's name in braces leads it (a Redis Cluster hash tag, as in
+        :meth:`job_id`), so the admission script's keys share the queue's slot. The user id comes
+        last: it may contain ``:``."""
+        return f"{{{self.queue(provider)}}}:user:{user_id}"
 
     def queue_notify(self, provider: str) -> str:
         """Pub/sub channel published after each enqueue so idle workers wake at once."""

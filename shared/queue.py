@@ -181,7 +181,7 @@ class Enqueuer:
         keys: list[str] = []
         args: list[bytes | str | int] = []
         for job, provider, expires_s, limit, own_limit in batch:
-            job_id = queue_job_id(job)
+            job_id = self._keys.job_id(provider, queue_job_id(job))
             queue = self._keys.queue(provider)
             # Without a user limit the queue stands in for the user's key: the script leaves it be.
             owner = self._keys.queue_user_jobs(provider, job.user_id) if own_limit is not None else queue

@@ -60,6 +60,7 @@ from .config import ConfigError
 from .errors import QuotaExceeded, Unavailable
 from .extensions import Extension, RequestInfo, Reservation
 from .keys import Keys
+from .redis_client import open_redis
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -80,8 +81,6 @@ NO_LIMIT = -1
 # How long a settled request's marker lives: far longer than any request, so a second
 # settlement of the same request always finds it.
 SETTLED_TTL_S = 3600
-# Socket timeouts of the pool make_extension opens: a stalled Redis refuses requests quickly.
-REDIS_TIMEOUT_S = 2.0
 # Request kinds that produce no completion tokens.
 NO_COMPLETION_KINDS = frozenset({"embeddings"})
 
@@ -542,8 +541,7 @@ def make_extension(settings: Settings) -> QuotaExtension:
     quota = QuotaSettings.from_table(settings.quota or {}, settings.source)
     if not settings.redis_url:
         raise ConfigError(f"{settings.source}: gateway.redis_url: the quota extension needs the gateway's Redis")
-    redis = Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                           socket_connect_timeout=REDIS_TIMEOUT_S)
+    redis = open_redis(settings.redis_url, timeout=settings.redis_timeout)
     extension = QuotaExtension(redis, Keys(settings.key_prefix), quota)
     extension._own_redis = redis
     return extension

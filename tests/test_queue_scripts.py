@@ -78,12 +78,13 @@ def test_one_batch_admits_up_to_each_pools_limit_and_wakes_each_pool_once() -> N
             while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
                 wakes.append(message["channel"].decode())
             queued = {q: await redis.zcard(keys.queue(q)) for q in ("p", "q")}
-            rejected_key = await redis.exists(job_key_prefix + job(2).request_id)
+            rejected_key = await redis.exists(job_key_prefix + keys.job_id("p", job(2).request_id))
             return admitted, sorted(wakes), queued, rejected_key
         finally:
             await pubsub.aclose()
-            await redis.delete(keys.queue("p"), keys.queue("q"), *(job_key_prefix + job(i).request_id
-                                                                      for i in (0, 1, 2, 9)))
+            await redis.delete(keys.queue("p"), keys.queue("q"),
+                               *(job_key_prefix + keys.job_id(q, job(i).request_id) for i, q in
+                                 ((0, "p"), (1, "p"), (2, "p"), (9, "q"))))
             await redis.aclose()
 
     admitted, wakes, queued, rejected_key = asyncio.run(run())

@@ -125,9 +125,9 @@ def test_one_user_cannot_take_the_whole_pool(small_pool, held):
         assert [f.result(WAIT_S) for f in running] == ["Hello from mock: heavy 0", "Hello from mock: heavy 1"]
 
     # The heavy user's jobs ended, and their ends were cleared from the share: in again.
-    assert wait_until(lambda: small_pool.redis.zcard(f"{small_pool.prefix}queue:held:user:user_heavy") == 0)
+    assert wait_until(lambda: small_pool.redis.zcard(Keys(small_pool.prefix).queue_user_jobs("held", "user_heavy")) == 0)
     assert ask(heavy, "heavy again").startswith("Hello from mock: heavy again")
-    assert wait_until(lambda: small_pool.redis.zcard(f"{small_pool.prefix}queue:held:user:user_heavy") == 0)
+    assert wait_until(lambda: small_pool.redis.zcard(Keys(small_pool.prefix).queue_user_jobs("held", "user_heavy")) == 0)
 
 
 def test_the_share_is_per_pool_heals_by_itself_and_is_cleared_at_the_end() -> None:
@@ -138,6 +138,9 @@ def test_the_share_is_per_pool_heals_by_itself_and_is_cleared_at_the_end() -> No
     def job(i: int, user: str = "u") -> Job:
         return Job(request_id=f"{keys.prefix}{i}", kind="chat", reply_channel="r", user_id=user, targets=[],
                    alias=None, body=b"{}")
+
+    def queued_id(i: int, provider: str = "p") -> str:
+        return keys.job_id(provider, job(i).request_id)
 
     async def run():
         redis = Redis.from_url(REDIS_URL)
@@ -154,8 +157,7 @@ def test_the_share_is_per_pool_heals_by_itself_and_is_cleared_at_the_end() -> No
             before_end = await redis.zrange(keys.queue_user_jobs("p", "u"), 0, -1)
             end = redis.register_script(_END)
             await end(keys=[keys.queue("p"), keys.queue_user_jobs("p", "u"), keys.queue("p")],
-                      args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix, job(5).request_id,
-                            job(4).request_id])
+                      args=[in_progress_key_prefix, job_key_prefix, retry_key_prefix, queued_id(5), queued_id(4)])
             after_end = await redis.zcard(keys.queue_user_jobs("p", "u"))
             queued = await redis.zrange(keys.queue("p"), 0, -1)
             return first, healed, before_end, after_end, queued
@@ -163,16 +165,16 @@ def test_the_share_is_per_pool_heals_by_itself_and_is_cleared_at_the_end() -> No
             for provider in ("p", "q"):
                 await redis.delete(keys.queue(provider), keys.queue_user_jobs(provider, "u"),
                                    keys.queue_user_jobs(provider, "v"))
-            await redis.delete(*(job_key_prefix + job(i).request_id for i in range(6)))
+            await redis.delete(*(job_key_prefix + queued_id(i, provider) for i in range(6) for provider in ("p", "q")))
             await redis.aclose()
 
     first, healed, before_end, after_end, queued = asyncio.run(run())
     assert first == [Admission.ADMITTED, Admission.USER_SHARE_FULL, Admission.ADMITTED, Admission.ADMITTED,
                      Admission.ADMITTED]  # the last without a user limit
     assert healed is Admission.ADMITTED
-    assert before_end == [job(5).request_id.encode()]  # job 0's hold lapsed; job 4 was never counted
+    assert before_end == [queued_id(5).encode()]  # job 0's hold lapsed; job 4 was never counted
     assert after_end == 0
-    assert sorted(queued) == sorted(job(i).request_id.encode() for i in (0, 3))
+    assert sorted(queued) == sorted(queued_id(i).encode() for i in (0, 3))
 
 
 def test_user_limit_is_a_share_of_the_pool_and_at_least_one() -> None:

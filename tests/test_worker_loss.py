@@ -502,7 +502,7 @@ def test_front_door_reruns_the_job_under_a_new_run_and_cancels_the_lost_one(tmp_
             await cancels.subscribe(fleet.gateway.keys.cancel_channel)
             replies = await fleet.submit(job, "w-lost")
             queue = fleet.gateway.keys.queue("openrouter")
-            assert await fleet.redis.zscore(queue, job.request_id) is not None
+            assert await fleet.redis.zscore(queue, fleet.gateway.keys.job_id("openrouter", job.request_id)) is not None
             # w-lost falls silent, and out of the fleet; w-new is alive.
             await fleet.redis.zrem(fleet.gateway.keys.workers("openrouter"), "w-lost")
             beating = asyncio.create_task(fleet.beat_forever("w-new"))
@@ -527,10 +527,11 @@ def test_front_door_reruns_the_job_under_a_new_run_and_cancels_the_lost_one(tmp_
                     cancelled.append(msgspec.msgpack.decode(message["data"], type=Cancel).request_id)
             await cancels.aclose()
             beating.cancel()
-            return job.request_id, queued, rerun, body, cancelled, replies.reply_id
+            return job.request_id, queued, rerun, body, cancelled, replies.reply_id, fleet.gateway.keys
 
-    request_id, queued, rerun, body, cancelled, reply_id = asyncio.run(run())
-    assert queued == [f"{request_id}~r1"]  # the lost run left the queue; the new one is in it
+    request_id, queued, rerun, body, cancelled, reply_id, keys = asyncio.run(run())
+    # The lost run left the queue; the new one is in it.
+    assert queued == [keys.job_id("openrouter", f"{request_id}~r1")]
     assert rerun is not None and rerun.request_id == request_id and rerun.run == 1
     assert body == RESULT
     assert request_id in cancelled and reply_id not in cancelled

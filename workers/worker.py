@@ -42,6 +42,7 @@ from shared.metrics import WorkerMetrics
 from shared.queue import JOB_FUNCTIONS, Enqueuer, job_deserializer, job_lifetime, job_serializer, owner_decoder
 from shared.reconnect import Reconnect
 from shared.tracing import Tracing
+from shared.redis_client import LISTEN_POLL_S, PubSubLiveness, open_redis
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import UsageRecorder, replay_spool_forever
 from shared.wire import Cancel, Job
@@ -53,6 +54,8 @@ from .publisher import ReplyHub
 
 logger = logging.getLogger("reactor.worker")
 _cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+# Pings at start-up before the worker gives up on its Redis (with backoff: 10 to 20 s in all).
+START_TRIES = 8
 
 
 # Finds and claims the due jobs of a queue in one round trip: each due id not yet taken by
@@ -383,10 +386,14 @@ class WorkerProcess:
                 # Jobs enqueued while we were not listening are found by this poll.
                 for wake in wakes.values():
                     wake.set()
+                live = PubSubLiveness(pubsub)
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    # Never timeout=None: redis-py would read with the socket timeout and fail.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL_S)
                     if message is None:
+                        await live.quiet()
                         continue
+                    live.heard()
                     channel = message["channel"]
                     if channel == cancel_channel:
                         try:
@@ -457,6 +464,22 @@ class WorkerProcess:
             pass
 
 
+async def _wait_for_redis(redis: ArqRedis, tries: int = START_TRIES) -> None:
+    """Ping until Redis answers, ``tries`` times with backoff, so a worker started with (or just
+    before) its Redis does not exit at once; then the last error is raised."""
+    reconnect = Reconnect()
+    for attempt in range(tries):
+        try:
+            await redis.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if attempt == tries - 1:
+                raise
+            delay = reconnect.next_delay()
+            logger.warning("Redis not reachable yet (%r); trying again in %.1fs", exc, delay)
+            await reconnect.wait(delay)
+
+
 async def run_worker_process(settings: Settings, registry: RegistrySource | FixedRegistry,
                              providers: list[str] | None = None, metrics: WorkerMetrics | None = None,
                              tracing: Tracing | None = None) -> None:
@@ -465,14 +488,16 @@ async def run_worker_process(settings: Settings, registry: RegistrySource | Fixe
     :param metrics: counts every job when given (the CLI serves it on ``--metrics-port``).
     :param tracing: traces every job when given (the CLI's, when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set).
     """
-    from arq.connections import create_pool, RedisSettings
-
     from shared.runtime import tune_process
 
     provider_names(settings, providers)  # before connecting: a missing key is said first
     tune_process()
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), job_serializer=job_serializer,
-                              job_deserializer=job_deserializer)
+    # arq's pool class on the gateway's connection factory rather than arq's create_pool: the same
+    # URL forms (Sentinel included) and socket timeouts as the front door.
+    assert settings.redis_url is not None
+    redis = open_redis(settings.redis_url, timeout=settings.redis_timeout, redis_class=ArqRedis,
+                       client_kwargs={"job_serializer": job_serializer, "job_deserializer": job_deserializer})
+    await _wait_for_redis(redis)
     counters = JobCounters(metrics) if metrics is not None else None
     process = WorkerProcess(settings, registry, providers, build_extensions(settings, redis),
                             on_job_start=counters.started if counters else None,
