@@ -63,7 +63,10 @@ def upstream():
 @pytest.fixture
 def gw(tmp_path, redis_url, openrouter_mock, upstream):
     gateway = RunningGateway(tmp_path / "gw", redis_url, f"rload-{uuid.uuid4().hex[:8]}:", openrouter_mock.url,
-                             upstream, f"worker_concurrency = {WORKER_CONCURRENCY}", worker_providers=("local",))
+                             upstream,
+                             # One user drives all the load: the whole pool is theirs to fill.
+                             f"worker_concurrency = {WORKER_CONCURRENCY}\nqueue_user_share = 1",
+                             worker_providers=("local",))
     gateway.start()
     yield gateway
     gateway.stop()
