@@ -5,6 +5,9 @@ mode a local Ed25519 key kept in the data directory, with which the embedded Ide
 (``api/identity.py``) signs its access tokens and ``reactor auth token`` mints tokens for
 scripts. Either way a token is accepted only with its key's own algorithm, so ``none`` and
 HS/RS confusion are impossible, and ``exp`` is required.
+
+A token travels only in a header: one in the URL's query string ends up in access logs, proxy
+logs and browser history, so a request carrying one is refused even when its header is good.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,15 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.errors import Unauthorized
+from shared.errors import Unauthorized, Unavailable
+from shared.logs import CREDENTIAL_QUERY_PARAMS
 
 LEEWAY_S = 10             # clock skew tolerated on exp/nbf
 JWKS_TTL_S = 600          # how long fetched keys are trusted before a refresh
 JWKS_MIN_REFETCH_S = 30   # an unknown kid refetches at most this often, so junk tokens cannot hammer Identity
+JWKS_TIMEOUT_S = 5.0      # one fetch of the key set; the request waiting on it is held that long at most
+# While the gateway has no keys because Identity's JWKS cannot be fetched, clients retry after this.
+JWKS_RETRY_AFTER_S = 5
 KEY_FILE = "jwt-ed25519.pem"
 
 
@@ -42,6 +50,17 @@ class Identity(msgspec.Struct, frozen=True):
     @property
     def is_admin(self) -> bool:
         return self.claims.get(ADMIN_CLAIM) is True
+
+
+def refuse_query_token(query: Mapping[str, str]) -> None:
+    """Refuse a request that carries a credential in its URL, whatever its headers say.
+
+    :raises Unauthorized: naming the parameter and the header to use instead.
+    """
+    for name in query:
+        if name.lower() in CREDENTIAL_QUERY_PARAMS:
+            raise Unauthorized(f"Credentials in the URL are refused (query parameter {name!r}): URLs end up in "
+                               "logs. Send the token in a header: 'Authorization: Bearer <JWT>'.")
 
 
 def bearer_token(header: str | None) -> str:
@@ -121,7 +140,7 @@ class Verifier:
         self._verified.clear()
         keys: dict[str | None, jwt.PyJWK] = {}
         for data in jwks.get("keys", ()):
-            if data.get("use", "sig") != "sig":
+            if not isinstance(data, dict) or data.get("use", "sig") != "sig":
                 continue
             try:
                 key = jwt.PyJWK(data)
@@ -199,6 +218,8 @@ class JWKSVerifier(Verifier):
         self.url = auth_url.rstrip("/") + "/.well-known/jwks.json"
         self._http = http
         self._fetched_at = float("-inf")
+        # Whether the last fetch failed: with no keys at all that is an outage (503), not a bad token.
+        self._fetch_failed = False
         self._lock = asyncio.Lock()
 
     async def _refresh(self, force: bool) -> None:
@@ -208,12 +229,17 @@ class JWKSVerifier(Verifier):
                 return
             self._fetched_at = time.monotonic()
             try:
-                response = await self._http.get(self.url, timeout=5.0)
+                response = await self._http.get(self.url, timeout=JWKS_TIMEOUT_S)
                 response.raise_for_status()
-                self._set_keys(response.json())
+                jwks = response.json()
+                if not isinstance(jwks, dict) or not isinstance(jwks.get("keys", []), list):
+                    raise ValueError("not a JWK set")
+                self._set_keys(jwks)
+                self._fetch_failed = False
             except (httpx.HTTPError, ValueError):
                 # Keep the keys we had; a blip at Identity must not log everybody out.
                 self._fetched_at = time.monotonic() - JWKS_TTL_S + JWKS_MIN_REFETCH_S
+                self._fetch_failed = True
 
     async def _key_for(self, kid: str | None) -> jwt.PyJWK | None:
         await self._refresh(force=False)
@@ -221,4 +247,8 @@ class JWKSVerifier(Verifier):
         if key is None:
             await self._refresh(force=True)
             key = await super()._key_for(kid)
+        if key is None and not self._keys and self._fetch_failed:
+            # No key to check anything with: the token may be fine, so this is not the caller's 401.
+            raise Unavailable("Identity's signing keys (JWKS) cannot be fetched; try again shortly.",
+                              headers={"Retry-After": str(JWKS_RETRY_AFTER_S)})
         return key

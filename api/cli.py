@@ -57,6 +57,8 @@ def _setup_logging(level: str, fmt: str = "text", per_request: bool = False) -> 
     # arq logs every job start and finish at INFO: far too chatty for a gateway's request rate.
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # botocore's DEBUG lines print each signed request whole, the AWS session token included.
+    logging.getLogger("botocore").setLevel(max(logging.INFO, logging.getLogger().level))
     # The line per request costs about a fifth of the front door's CPU per request: written when
     # asked for (JSON logs for a collector, or --access-log), not by default.
     if not (per_request or fmt == "json"):

@@ -30,7 +30,7 @@ from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, e
                           replay_spool_forever, tokens_from_usage)
 from shared.wire import Cancel, Job, Reply, Target
 
-from .auth import Identity, Verifier, bearer_token
+from .auth import Identity, Verifier, bearer_token, refuse_query_token
 from .replies import ReplyRouter, ReplyStream
 
 logger = logging.getLogger("reactor.api")
@@ -106,6 +106,7 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def authenticate(self, request: Request) -> Identity:
+        refuse_query_token(request.query_params)
         return await self.verifier.verify(bearer_token(request.headers.get("authorization")))
 
     async def read_body(self, request: Request) -> bytes:

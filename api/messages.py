@@ -77,7 +77,7 @@ from shared.errors import GatewayError, InternalError, InvalidRequest, ModelNotF
 from shared.registry import Registry
 from shared.wire import ChatRequest, check_chat, decode_json
 
-from .auth import Identity
+from .auth import Identity, refuse_query_token
 from .gateway import Gateway
 from .inference import StreamFailed, admit, chunks, response_headers, single, submit
 from .sse import EventStreamResponse
@@ -152,6 +152,7 @@ def render_error(exc: GatewayError) -> Response:
 
 async def authenticate(gateway: Gateway, request: Request) -> Identity:
     """The caller, from ``Authorization: Bearer <JWT>`` or else ``x-api-key: <JWT>``."""
+    refuse_query_token(request.query_params)
     if request.headers.get("authorization"):
         return await gateway.authenticate(request)
     key = (request.headers.get("x-api-key") or "").strip()

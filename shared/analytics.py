@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import redact
 from .keys import Keys
 from .reconnect import Reconnect
 
@@ -306,7 +307,9 @@ class Forwarder:
             return f"{type(exc).__name__}: {exc}".rstrip(": ")
         if 200 <= response.status_code < 300:
             return None
-        return f"HTTP {response.status_code}: {response.text[:ERROR_BODY_CHARS]}".rstrip(": ")
+        # Logged and kept in Redis: a service that echoes the request's token must not spread it.
+        secrets = tuple(part for value in self.config.headers.values() for part in (value, value.partition(" ")[2]))
+        return redact(f"HTTP {response.status_code}: {response.text[:ERROR_BODY_CHARS]}", secrets).rstrip(": ")
 
     async def _keep_claimed(self, ids: list[bytes]) -> None:
         """Reset the batch's idle time, so that no other forwarder takes over a batch still being retried."""

@@ -7,17 +7,26 @@ applied by the CLI on top of the result. Nothing else in the code base reads ``o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
 DEFAULT_BIND = "0.0.0.0:8004"
+# The largest non-streamed body a worker reads from an upstream (a completion, an embeddings list,
+# an error). The biggest honest answer is an embeddings list of 2,048 inputs of 3,072 floats, about
+# 130 MB as JSON; past the limit an upstream is not trusted with the worker's memory.
+DEFAULT_MAX_UPSTREAM_RESPONSE_BYTES = 256 * 1024 * 1024
+# The longest line of a streamed upstream body (an SSE `data:` line holding, say, a large tool
+# call's arguments in one event).
+DEFAULT_MAX_STREAM_LINE_BYTES = 16 * 1024 * 1024
 CONFIG_FILE_NAME = "reactor.toml"
 
 
@@ -69,6 +78,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # How often a `registry_url` overlay is fetched again (an overlay file is watched for changes).
     registry_refresh: Seconds = 300.0
     max_body_bytes: Count = 8 * 1024 * 1024
+    # The longest non-streamed body a worker reads from an upstream; a longer one is a 502
+    # `upstream_response_too_large` (workers/providers/http.py).
+    max_upstream_response_bytes: Count = DEFAULT_MAX_UPSTREAM_RESPONSE_BYTES
+    # The longest line of a streamed upstream body (one SSE event); a longer one ends the stream with
+    # `upstream_response_too_large` (workers/providers/sse.py).
+    max_stream_line_bytes: Count = DEFAULT_MAX_STREAM_LINE_BYTES
     queue_timeout: Seconds = 10.0
     connect_timeout: Seconds = 10.0
     read_timeout: Seconds = 300.0
@@ -136,6 +151,33 @@ def split_bind(value: str, key: str = "REACTOR_AI_BIND") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _check_registry_url(url: str, where: str) -> None:
+    """The registry decides where requests go and what they cost: it is fetched over https only,
+    except from this machine itself (a file server beside the gateway, a test)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(f"{where}: expected an https:// URL, got {url!r}") from None
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host and _is_loopback(host):
+        return
+    if parts.scheme == "http":
+        raise ConfigError(f"{where}: must be https:// (plain http is allowed only for localhost, 127.0.0.0/8 "
+                          f"or ::1), got {url!r}")
+    raise ConfigError(f"{where}: expected an https:// URL, got {url!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path | None = None) -> Path | None:
     """``--config``, else ``REACTOR_CONFIG``, else ``./reactor.toml`` when it exists."""
     if explicit:
@@ -177,6 +219,8 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
         split_bind(settings.bind, f"{source}: gateway.bind")
     if settings.registry_overlay and settings.registry_url:
         raise ConfigError(f"{source}: gateway.registry_url: set registry_overlay or registry_url, not both")
+    if settings.registry_url:
+        _check_registry_url(settings.registry_url, f"{source}: gateway.registry_url")
 
     providers = {name: _provider(name, raw, source, env) for name, raw in raw_providers.items()}
     for name in DEFAULT_PROVIDERS:

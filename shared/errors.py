@@ -230,6 +230,10 @@ _SECRET = re.compile(
 )
 
 
+# This many leading characters of a key are enough to say too much about it.
+SECRET_PREFIX_CHARS = 8
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Remove provider keys from upstream text before it reaches a client or a log.
 
@@ -239,4 +243,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[redacted]")
+        if secret and len(secret) > SECRET_PREFIX_CHARS:
+            # Upstreams echo keys shortened too ("sk-proj-abcd****wxyz"): the start names the key.
+            text = re.sub(re.escape(secret[:SECRET_PREFIX_CHARS]) + r"[^\s\"',;]*", "[redacted]", text)
     return _SECRET.sub("[redacted]", text)

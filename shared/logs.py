@@ -31,6 +31,22 @@ _CONTEXT_FIELDS = ("request_id", "client_request_id")
 # A text value left unquoted: nothing in it could end the line or blur a key=value pair.
 _BARE = re.compile(r"[A-Za-z0-9._:/+@-]+")
 _encoder = msgspec.json.Encoder(enc_hook=str)
+# Query parameters that carry credentials when a client puts one in the URL. The front door refuses
+# such a request (``api/auth.py``); uvicorn's access line still names its URL, so the value is masked.
+CREDENTIAL_QUERY_PARAMS = frozenset({"access_token", "token", "api_key", "key"})
+_CREDENTIAL_IN_QUERY = re.compile(
+    r"([?&](?:" + "|".join(sorted(CREDENTIAL_QUERY_PARAMS)) + r")=)[^&#\s]*", re.IGNORECASE)
+
+
+class MaskQueryCredentials(logging.Filter):
+    """Masks credential values in the URL of uvicorn's access lines (its arguments are
+    ``client, method, path_with_query, http_version, status``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "=" in args[2]:
+            record.args = (args[0], args[1], _CREDENTIAL_IN_QUERY.sub(r"\1[redacted]", args[2]), *args[3:])
+        return True
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
@@ -99,3 +115,7 @@ def configure(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # On the logger, not the handler: uvicorn's own logging config keeps a logger's filters.
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, MaskQueryCredentials) for f in access.filters):
+        access.addFilter(MaskQueryCredentials())

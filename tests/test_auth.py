@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.utils import base64url_encode
 
 import api.auth
-from api.auth import KEY_FILE, Identity, JWKSVerifier, LocalKey, LocalVerifier, Verifier, bearer_token
-from shared.errors import Unauthorized
+from api.auth import (KEY_FILE, Identity, JWKSVerifier, LocalKey, LocalVerifier, Verifier, bearer_token,
+                      refuse_query_token)
+from shared.errors import Unauthorized, Unavailable
 
 
 def b64json(value: dict[str, Any]) -> str:
@@ -84,6 +85,20 @@ def test_bearer_token_rejects(header: str | None, expected: str) -> None:
     with pytest.raises(Unauthorized, match=expected) as info:
         bearer_token(header)
     assert info.value.status == 401
+
+
+@pytest.mark.parametrize("query", [{"access_token": "t"}, {"token": "t"}, {"api_key": "t"}, {"key": "t"},
+                                   {"model": "m", "KEY": ""}, {"Api_Key": "t"}])
+def test_credentials_in_the_query_string_are_refused(query: dict[str, str]) -> None:
+    with pytest.raises(Unauthorized, match="Authorization: Bearer") as info:
+        refuse_query_token(query)
+    assert info.value.status == 401
+    assert f"{list(query)[-1]!r}" in info.value.message  # names the parameter
+
+
+@pytest.mark.parametrize("query", [{}, {"model": "m"}, {"keys": "1", "tokens": "2", "by": "model"}])
+def test_other_query_parameters_pass(query: dict[str, str]) -> None:
+    refuse_query_token(query)
 
 
 # --- LocalKey -------------------------------------------------------------------------------------
@@ -447,3 +462,83 @@ def test_verified_tokens_are_cached_until_they_expire(monkeypatch: pytest.Monkey
     monkeypatch.setattr(api.auth.time, "time", lambda: now + 61)
     asyncio.run(verifier.verify(token))
     assert len(calls) == 2
+
+
+def outcome(server_url: str, token: str) -> Any:
+    """What a fresh JWKSVerifier makes of ``token``: an Identity, or the refusal's
+    ``(status, code, message, headers)``."""
+
+    async def run() -> Any:
+        async with httpx.AsyncClient() as http:
+            try:
+                return await JWKSVerifier(server_url, http).verify(token)
+            except (Unauthorized, Unavailable) as exc:
+                return exc.status, exc.code, exc.message, exc.headers
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("outage", ["status 500", "status 404", "a list", "not json", "keys not a list"])
+def test_no_keys_because_identity_is_down_is_503(
+    jwks_server: JWKSServer, rsa_key: rsa.RSAPrivateKey, outage: str
+) -> None:
+    jwks_server.jwks = {"keys": [rsa_jwk(rsa_key, "rsa-1")]}
+    if outage.startswith("status"):
+        jwks_server.status = int(outage.split()[1])
+    elif outage == "a list":
+        jwks_server.jwks = [rsa_jwk(rsa_key, "rsa-1")]
+    elif outage == "not json":
+        jwks_server.jwks = "<html>"  # served as the JSON string "<html>": still not a key set
+    else:
+        jwks_server.jwks = {"keys": "rsa-1"}
+    token = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
+
+    status, code, message, headers = outcome(jwks_server.url, token)
+
+    assert (status, code) == (503, "service_unavailable")
+    assert "JWKS" in message
+    assert headers["Retry-After"] == str(api.auth.JWKS_RETRY_AFTER_S)
+
+
+def test_identity_unreachable_with_no_keys_is_503(rsa_key: rsa.RSAPrivateKey) -> None:
+    with JWKSServer() as server:
+        url = server.url  # nothing listens there once it is closed
+    token = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
+
+    assert outcome(url, token)[:2] == (503, "service_unavailable")
+
+
+def test_an_empty_key_set_is_a_bad_token_not_an_outage(jwks_server: JWKSServer, rsa_key: rsa.RSAPrivateKey) -> None:
+    jwks_server.jwks = {"keys": []}
+    token = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
+
+    assert outcome(jwks_server.url, token)[:3] == (401, "unauthorized", "Token signed by an unknown key.")
+
+
+def test_junk_entries_in_the_key_set_are_skipped(jwks_server: JWKSServer, rsa_key: rsa.RSAPrivateKey) -> None:
+    jwks_server.jwks = {"keys": ["junk", 5, None, rsa_jwk(rsa_key, "rsa-1")]}
+    token = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
+
+    identity = outcome(jwks_server.url, token)
+
+    assert isinstance(identity, Identity) and identity.user_id == "user-1"
+
+
+def test_an_outage_after_keys_were_fetched_keeps_unknown_kids_at_401(
+    jwks_server: JWKSServer, rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api.auth, "JWKS_MIN_REFETCH_S", 0)
+    jwks_server.jwks = {"keys": [rsa_jwk(rsa_key, "rsa-1")]}
+    good = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"})
+    unknown = jwt.encode(fresh_claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-9"})
+
+    async def run() -> tuple[int, int]:
+        async with httpx.AsyncClient() as http:
+            verifier = JWKSVerifier(jwks_server.url, http)
+            await verifier.verify(good)
+            jwks_server.status = 500
+            with pytest.raises(Unauthorized) as refused:
+                await verifier.verify(unknown)
+            return refused.value.status, jwks_server.fetches
+
+    assert asyncio.run(run()) == (401, 2)

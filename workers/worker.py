@@ -322,7 +322,9 @@ class WorkerProcess:
 
     async def run(self, redis: ArqRedis) -> None:
         s = self.settings
-        async with UpstreamHTTP(Timeouts(connect=s.connect_timeout, read=s.read_timeout)) as http:
+        async with UpstreamHTTP(Timeouts(connect=s.connect_timeout, read=s.read_timeout),
+                                max_response_bytes=s.max_upstream_response_bytes,
+                                max_line_bytes=s.max_stream_line_bytes) as http:
             providers = {n: build_provider(s.providers[n], http, s.secrets()) for n in self.names}
             usage = UsageRecorder(redis, self.keys, s.usage_retention_days, s.usage_spool)
             hub = ReplyHub(redis, self.worker_id, s.heartbeat_interval)

@@ -26,6 +26,10 @@ import msgspec
 from .http import UpstreamHTTP, map_upstream_errors
 
 
+# Extra headers whose values are credentials (`Authorization`, `x-api-key`, `X-Auth-Token`, ...).
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.IGNORECASE)
+
+
 class SettingError(ValueError):
     """A provider table's value is wrong; ``key`` is the table key, the message what was expected."""
 
@@ -71,8 +75,9 @@ class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         return None
 
     def secrets(self) -> tuple[str, ...]:
-        """Every key this table holds, redacted from upstream messages and logs."""
-        return ()
+        """Every key this table holds, redacted from upstream messages and logs: a subclass adds its
+        own keys to these, the values of ``headers`` that carry credentials."""
+        return tuple(value for name, value in self.headers.items() if _CREDENTIAL_HEADER.search(name) and value)
 
 
 def http_url(key: str, value: str | None) -> str:

@@ -90,7 +90,7 @@ class FoundrySettings(ProviderSettings, frozen=True, kw_only=True):
         return None if self.api_key else f"set {self.api_key_env}"
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.api_key,) if self.api_key else ()
+        return super().secrets() + ((self.api_key,) if self.api_key else ())
 
 
 class FoundryProvider(OpenAICompatProvider):

@@ -24,7 +24,10 @@ import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from shared.config import DEFAULT_MAX_UPSTREAM_RESPONSE_BYTES
 from shared.errors import GatewayError, ProviderError, UpstreamTimeout
+
+from .sse import MAX_LINE_BYTES, LineTooLong
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class Limits:
 
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_LIMITS = Limits()
+# The setting `max_upstream_response_bytes` when none is given.
+DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_MAX_UPSTREAM_RESPONSE_BYTES
+# The error code of a body over that limit, and of a streamed line over ``max_line_bytes``.
+RESPONSE_TOO_LARGE = "upstream_response_too_large"
 # How long to wait for the end of a body after the last event before giving up on reusing
 # its connection (an unread body closes the connection, and the next call pays a handshake).
 DRAIN_TIMEOUT_S = 1.0
@@ -77,12 +84,25 @@ class BearerAuth(HeaderAuth):
         super().__init__({"Authorization": f"Bearer {key}"})
 
 
-class UpstreamResponse:
-    """An upstream's answer, its body read on demand."""
+class ResponseTooLarge(Exception):
+    """A non-streamed body longer than the client's ``max_response_bytes``."""
 
-    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float) -> None:
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+
+
+class UpstreamResponse:
+    """An upstream's answer, its body read on demand.
+
+    :param max_body: the most :meth:`aread` reads before giving up with :class:`ResponseTooLarge`.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float,
+                 max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self._response = response
         self._read_timeout = read_timeout
+        self._max_body = max_body
         self.status_code: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
         self._loop = asyncio.get_running_loop()
@@ -90,8 +110,22 @@ class UpstreamResponse:
         self.last_read = self._loop.time()
 
     async def aread(self) -> bytes:
+        """The whole body.
+
+        :raises ResponseTooLarge: it declares or turns out to be longer than ``max_body``; what was
+            read is dropped and the connection closed.
+        """
+        declared = self._response.content_length
+        if declared is not None and declared > self._max_body:
+            raise ResponseTooLarge(self._max_body)
+        chunks, size = [], 0
         async with asyncio.timeout(self._read_timeout):
-            return await self._response.read()
+            while chunk := await self._response.content.readany():
+                size += len(chunk)
+                if size > self._max_body:
+                    raise ResponseTooLarge(self._max_body)
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     async def read_some(self) -> bytes:
         """Whatever part of the body has arrived (waiting for some if none has); ``b""`` at its end."""
@@ -116,11 +150,16 @@ class UpstreamHTTP:
 
     :param timeouts: connect and read timeouts.
     :param limits: pool size and keep-alive.
+    :param max_response_bytes: the longest non-streamed body read from an upstream.
+    :param max_line_bytes: the longest line of a streamed body, for the providers' stream decoders.
     """
 
-    def __init__(self, timeouts: Timeouts = DEFAULT_TIMEOUTS, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, timeouts: Timeouts = DEFAULT_TIMEOUTS, limits: Limits = DEFAULT_LIMITS,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.timeouts = timeouts
         self.limits = limits
+        self.max_response_bytes = max_response_bytes
+        self.max_line_bytes = max_line_bytes
         self._session: aiohttp.ClientSession | None = None
         self._open: set[UpstreamResponse] = set()
         self._watchdog: asyncio.Task | None = None
@@ -184,7 +223,7 @@ class UpstreamHTTP:
         # Until the response's head arrives, the read timeout is one timer for the request.
         async with asyncio.timeout(self.timeouts.read):
             response = await self._session.request(method, url, data=content, headers=sent_headers)
-        upstream = UpstreamResponse(response, self.timeouts.read)
+        upstream = UpstreamResponse(response, self.timeouts.read, self.max_response_bytes)
         self._open.add(upstream)
         try:
             yield upstream
@@ -213,9 +252,14 @@ def map_upstream_errors(name: str) -> Iterator[None]:
         yield
     except GatewayError:
         raise
+    except ResponseTooLarge as exc:
+        raise ProviderError(f"Upstream {name} answered with a body larger than {exc.limit} bytes.",
+                            code=RESPONSE_TOO_LARGE) from None
+    except LineTooLong as exc:
+        raise ProviderError(f"Upstream {name} broke the stream's limits: {exc}.", code=RESPONSE_TOO_LARGE) from None
     except TimeoutError:
         # aiohttp's connect and read timeouts are TimeoutError subclasses.
         raise UpstreamTimeout(f"Upstream {name} timed out.") from None
     except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError, OSError, ValueError) as exc:
-        # ValueError: an SSE line longer than sse.MAX_LINE_BYTES, or a body aiohttp could not decode.
+        # ValueError: a body aiohttp could not decode.
         raise ProviderError(f"Upstream {name} connection failed: {type(exc).__name__}") from None

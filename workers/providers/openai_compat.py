@@ -63,7 +63,7 @@ class OpenAISettings(ProviderSettings, frozen=True, kw_only=True):
         return None
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.api_key,) if self.api_key else ()
+        return super().secrets() + ((self.api_key,) if self.api_key else ())
 
 
 class OpenAICompatProvider(Provider):
@@ -104,7 +104,7 @@ class OpenAICompatProvider(Provider):
                 if response.status_code >= 400:
                     raise self.error_from_response(response, await response.aread())
                 self._check_event_stream(response)
-                decoder = SSEDecoder()
+                decoder = SSEDecoder(self.http.max_line_bytes)
                 # Whether a choice finished: a stream cut after that (no [DONE]) still said everything.
                 finished = False
                 while True:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# The longest single line a body may carry (an SSE ``data:`` line holding, say, a large tool
-# call's arguments in one event); past it the upstream is not to be trusted.
-MAX_LINE_BYTES = 16 * 1024 * 1024
+from shared.config import DEFAULT_MAX_STREAM_LINE_BYTES
+
+# The longest single line a body may carry when the decoder is not told (the setting
+# `max_stream_line_bytes`); past it the upstream is not to be trusted.
+MAX_LINE_BYTES = DEFAULT_MAX_STREAM_LINE_BYTES
 
 
 class LineTooLong(ValueError):

@@ -68,7 +68,7 @@ class BedrockSettings(ProviderSettings, frozen=True, kw_only=True):
                                        bearer_token=env.get(BEARER_ENV) or self.bearer_token)
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.bearer_token,) if self.bearer_token else ()
+        return super().secrets() + ((self.bearer_token,) if self.bearer_token else ())
 
 
 class SigV4Auth(httpx.Auth):
@@ -122,6 +122,19 @@ class BedrockProvider(Provider):
                     f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or {BEARER_ENV}")
             self.auth = SigV4Auth(credentials, settings.region or DEFAULT_REGION)
         self._headers = {**settings.headers, "Content-Type": "application/json"}
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The configured keys, and the AWS credentials signing now: the chain finds those (and
+        refreshes temporary ones), so no table names them."""
+        if not isinstance(self.auth, SigV4Auth):
+            return self._secrets
+        frozen = self.auth.credentials.get_frozen_credentials()
+        return (*self._secrets, *(v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v))
+
+    @secrets.setter
+    def secrets(self, value: tuple[str, ...]) -> None:
+        self._secrets = value
 
     def url(self, model_id: str, operation: str) -> str:
         # The whole id is one path segment: `:` and the `/` of ARNs are percent-encoded.
