@@ -181,7 +181,8 @@ class Gateway:
                                    unsettled=functools.partial(self.meter_lost_result, job))
         try:
             admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
-                                                   user_limit(limit, self.settings.queue_user_share))
+                                                   user_limit(limit, self.settings.queue_user_share),
+                                                   shared_above=limit - self.capacity.backlog)
             if admitted is Admission.ADMITTED:
                 await stream.next()
         except (RedisError, OSError):
@@ -234,7 +235,8 @@ class Gateway:
             await self.enqueuer.forget(lost_provider, lost_id, job.user_id)
             limit = await self.capacity.limit(provider)
             admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
-                                                   user_limit(limit, self.settings.queue_user_share))
+                                                   user_limit(limit, self.settings.queue_user_share),
+                                                   shared_above=limit - self.capacity.backlog)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         if admitted is Admission.USER_SHARE_FULL:

@@ -95,8 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_concurrency: Count = 2000
     queue_backlog: Annotated[int, Meta(ge=0, description="a number of jobs, 0 or more")] = 256
     # The part of a provider pool's capacity (its live workers' slots plus queue_backlog) that the
-    # jobs of one user, queued or running, may hold; past it that user gets 429 while others still
-    # get in. 1 lets one user fill a pool.
+    # jobs of one user, queued or running, may hold once its workers are all busy; past it that user
+    # gets 429 while others still get in. 1 lets one user fill a pool.
     queue_user_share: Annotated[float, Meta(gt=0, le=1, description="a fraction above 0, at most 1")] = 0.5
     poll_delay: Seconds = 0.5
     usage_retention_days: Count = 400

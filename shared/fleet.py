@@ -71,6 +71,7 @@ class PoolCapacity:
         self._redis, self._keys, self._providers = redis, keys, providers
         self._heartbeat, self._backlog = heartbeat, backlog
         self.max_age = heartbeat / 2
+        self.backlog = backlog  # jobs a pool may hold beyond its workers' slots
         self._slots: dict[str, int] = {}
         self._read_at = -1e9
         self._reading: asyncio.Future[None] | None = None

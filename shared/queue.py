@@ -8,8 +8,10 @@ one script instead, run once for every job the process submits in the same loop 
 Admission is backpressure: a pool takes a job only while the jobs it holds (queued or running:
 the queue keeps both until they end) are fewer than the limit the front door computed from
 its live workers' slots plus a backlog. It is checked inside Redis, so several front doors
-cannot overfill a pool between them. Within that, one user's jobs may hold only their share of
-the pool (``queue_user_share``): each pool keeps, per user, the ids of the jobs that user holds
+cannot overfill a pool between them. Within that, once the pool's workers are all busy (it
+holds as many jobs as they have slots, so the next would wait), one user's jobs may hold only
+their share of the pool (``queue_user_share``); below that nobody waits, so one user may use
+every idle slot and nobody is starved by it. Each pool keeps, per user, the ids of the jobs that user holds
 (``Keys.queue_user_jobs``), added here and removed by the worker's end-of-job script. Each id is
 scored by when it is forgotten anyway (the longest a job can live), so an end that is never
 cleared (a worker killed mid-job) costs the user that slot only until then.
@@ -63,23 +65,24 @@ def user_limit(limit: int, share: float) -> int:
 # Admits the jobs of one batch and wakes their pools, as one command: a pipeline costs redis-py
 # more client time than the commands in it. KEYS: per job, its queue, its job key and its user's
 # jobs in that pool. ARGV: per job, envelope, expiry ms, score (now ms), limit, job id, the
-# queue's notify channel, the user's limit (-1: none, and their jobs are not counted) and how
-# long the user's set keeps the id (ms). Returns per job an Admission: 1 (admitted), 0 (the pool
-# is full) or 2 (the user holds their whole share of it). A full pool is said first: it is full
-# for everyone, whoever holds it.
+# queue's notify channel, the user's limit (-1: none, and their jobs are not counted), how
+# long the user's set keeps the id (ms), and from how many jobs held the user's limit binds.
+# Returns per job an Admission: 1 (admitted), 0 (the pool is full) or 2 (the user holds their
+# whole share of a busy pool). A full pool is said first: it is full for everyone, whoever holds it.
 _ADMIT = """
 local out, wake = {}, {}
 for i = 0, #KEYS / 3 - 1 do
-  local queue, owner, a = KEYS[3 * i + 1], KEYS[3 * i + 3], 8 * i
+  local queue, owner, a = KEYS[3 * i + 1], KEYS[3 * i + 3], 9 * i
   local now, own_limit = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7])
   local own_full = false
   if own_limit >= 0 then
     redis.call('ZREMRANGEBYSCORE', owner, '-inf', now)
     own_full = redis.call('ZCARD', owner) >= own_limit
   end
-  if redis.call('ZCARD', queue) >= tonumber(ARGV[a + 4]) then
+  local held = redis.call('ZCARD', queue)
+  if held >= tonumber(ARGV[a + 4]) then
     out[#out + 1] = 0
-  elseif own_full then
+  elseif own_full and held >= tonumber(ARGV[a + 9]) then
     out[#out + 1] = 2
   else
     redis.call('SET', KEYS[3 * i + 2], ARGV[a + 1], 'PX', ARGV[a + 2])
@@ -147,10 +150,11 @@ class Enqueuer:
         self._hold_ms = max(1, int(hold_s * 1000))
         self._redis = redis
         self._admit = redis.register_script(_ADMIT)
-        self._batch: LoopTurnBatch[tuple[Job, str, float, int, int | None], Admission] = LoopTurnBatch(self._send)
+        self._batch: LoopTurnBatch[tuple[Job, str, float, int, int | None, int], Admission] = \
+            LoopTurnBatch(self._send)
 
     async def enqueue(self, job: Job, provider: str, expires_s: float, limit: int,
-                      user_limit: int | None = None) -> Admission:
+                      user_limit: int | None = None, shared_above: int = 0) -> Admission:
         """Queue ``job`` for ``provider``'s workers and wake them, if the pool has room.
 
         :param expires_s: after this the job key is gone and a worker that finds the id skips it,
@@ -158,10 +162,12 @@ class Enqueuer:
         :param limit: the most jobs (queued and running) the pool may hold with this one.
         :param user_limit: the most of them the job's user may hold with this one; None for no
             per-user limit (and the job is not counted in its user's share).
+        :param shared_above: the user's limit binds only while the pool holds at least this many
+            jobs: its live workers' slots, past which jobs wait (0: always).
         :returns: ``ADMITTED``, or why not: ``POOL_FULL``, ``USER_SHARE_FULL``.
         :raises redis.RedisError: what the script call raised.
         """
-        return await self._batch.submit((job, provider, expires_s, limit, user_limit))
+        return await self._batch.submit((job, provider, expires_s, limit, user_limit, shared_above))
 
     async def forget(self, provider: str, job_id: str, user_id: str) -> None:
         """Take a run whose worker was lost out of ``provider``'s queue, with its keys and its place
@@ -176,11 +182,11 @@ class Enqueuer:
             pipe.delete(in_progress_key_prefix + job_id, job_key_prefix + job_id, retry_key_prefix + job_id)
             await pipe.execute()
 
-    async def _send(self, batch: list[tuple[Job, str, float, int, int | None]]) -> list[Admission]:
+    async def _send(self, batch: list[tuple[Job, str, float, int, int | None, int]]) -> list[Admission]:
         now_ms = int(time.time() * 1000)
         keys: list[str] = []
         args: list[bytes | str | int] = []
-        for job, provider, expires_s, limit, own_limit in batch:
+        for job, provider, expires_s, limit, own_limit, shared_above in batch:
             job_id = self._keys.job_id(provider, queue_job_id(job))
             queue = self._keys.queue(provider)
             # Without a user limit the queue stands in for the user's key: the script leaves it be.
@@ -189,5 +195,5 @@ class Enqueuer:
             args += [serialize_job(JOB_FUNCTIONS[job.kind], (msgspec.msgpack.encode(job),), {}, None, now_ms,
                                    serializer=job_serializer),
                      int(expires_s * 1000), now_ms, limit, job_id, self._keys.queue_notify(provider),
-                     -1 if own_limit is None else own_limit, self._hold_ms]
+                     -1 if own_limit is None else own_limit, self._hold_ms, shared_above]
         return [Admission(int(code)) for code in await self._admit(keys=keys, args=args)]

@@ -182,3 +182,29 @@ def test_user_limit_is_a_share_of_the_pool_and_at_least_one() -> None:
     assert user_limit(2256, 0.5) == 1128
     assert user_limit(1, 0.5) == 1
     assert user_limit(10, 1.0) == 10
+
+
+def test_the_share_binds_only_once_the_pools_workers_are_busy() -> None:
+    """Idle slots are anyone's: a lone user fills all four workers' slots past a share of two, and
+    only then (the next job would wait) is refused, while another user still gets into the backlog."""
+    keys = Keys(f"utest-{uuid.uuid4().hex[:8]}:")
+
+    def job(i: int, user: str = "heavy") -> Job:
+        return Job(request_id=f"{keys.prefix}{i}", kind="chat", reply_channel="r", user_id=user, targets=[],
+                   alias=None, body=b"{}")
+
+    async def run() -> list[Admission]:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            enqueuer = Enqueuer(redis, keys, hold_s=30)
+            # Four slots plus a backlog of two; a user's share of a busy pool is two.
+            answers = [await enqueuer.enqueue(job(i), "p", 5, limit=6, user_limit=2, shared_above=4)
+                       for i in range(5)]
+            answers.append(await enqueuer.enqueue(job(9, "light"), "p", 5, limit=6, user_limit=2, shared_above=4))
+            return answers
+        finally:
+            await redis.delete(keys.queue("p"), keys.queue_user_jobs("p", "heavy"), keys.queue_user_jobs("p", "light"),
+                               *(job_key_prefix + keys.job_id("p", job(i).request_id) for i in (0, 1, 2, 3, 4, 9)))
+            await redis.aclose()
+
+    assert asyncio.run(run()) == [Admission.ADMITTED] * 4 + [Admission.USER_SHARE_FULL, Admission.ADMITTED]

@@ -156,7 +156,8 @@ class Handoff:
         try:
             limit = await self._capacity.limit(provider)
             admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, limit,
-                                                    user_limit(limit, self._user_share))
+                                                    user_limit(limit, self._user_share),
+                                                    shared_above=limit - self._capacity.backlog)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         if admitted is Admission.USER_SHARE_FULL:
