@@ -4,12 +4,14 @@ processes against the real Redis, with provider tables pointing at the mock upst
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -51,6 +53,35 @@ owned_by = "mock"
 capabilities = ["chat", "streaming"]
 routes = [{ provider = "idle", model = "idle/model" }]
 """
+
+
+@contextlib.contextmanager
+def mock_upstream_process() -> Iterator[str]:
+    """The OpenAI-flavoured mock (``tests/mocks/openai.py``) in a process of its own, for loads the
+    test process's own threads would distort; yields its base URL, key :data:`LOCAL_KEY`."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mocks.openai", "--port", str(port), "--api-key", LOCAL_KEY],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {LOCAL_KEY}"}, timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the mock upstream did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def free_port() -> int:

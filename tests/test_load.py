@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 
 import aiohttp
-import httpx
 import pytest
 
-from .gateway_proc import LOCAL_KEY, REPO, RunningGateway, free_port
+from .gateway_proc import RunningGateway, mock_upstream_process
 
 STREAMS = 500
 STREAM_CHUNKS, STREAM_DELAY_MS = 5, 100
@@ -41,23 +38,8 @@ SETTLE_S = 3.0
 
 @pytest.fixture
 def upstream():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mocks.openai", "--port", str(port), "--api-key", LOCAL_KEY],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {LOCAL_KEY}"}, timeout=1).is_success:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the mock upstream did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with mock_upstream_process() as url:
+        yield url
 
 
 @pytest.fixture

@@ -463,7 +463,7 @@ def drive_errors(gw: RunningGateway, out: Collected, models: list[str], admin_to
         return out.response(what, httpx.post(url, json=body, timeout=HTTP_TIMEOUT, **kwargs))
 
     # One request that succeeds, so usage is metered (and the Analytics feed has something to send).
-    ok = post("ok", chat, {"model": models[0], "messages": [{"role": "user", "content": "hi"}]})
+    post("ok", chat, {"model": models[0], "messages": [{"role": "user", "content": "hi"}]})
     for model in models:
         for directive in ("401", "403", "429", "500", "err200"):
             for stream in (False, True):

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import uuid
 
 import aiohttp
-import httpx
 import pytest
 
-from .gateway_proc import LOCAL_KEY, REPO, RunningGateway, free_port
+from .gateway_proc import RunningGateway, mock_upstream_process
 
 STREAMS = 300
 CHUNKS, DELAY_MS = 10, 200   # a token every 200 ms: each stream lasts about 2.2 s, far past the silence timeout
@@ -28,23 +25,8 @@ ROUNDS = 2
 
 @pytest.fixture
 def slow_upstream():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mocks.openai", "--port", str(port), "--api-key", LOCAL_KEY],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {LOCAL_KEY}"}, timeout=1).is_success:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the mock upstream did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with mock_upstream_process() as url:
+        yield url
 
 
 @pytest.fixture
