@@ -18,7 +18,7 @@ from shared.errors import GatewayError
 from shared.wire import ChatRequest, EmbeddingsRequest, Job, check_chat, check_embeddings
 
 from .gateway import Gateway
-from .inference import admit, response_headers, single, submit
+from .inference import admit, lost_mid_stream, response_headers, single, submit
 from .observe import CLIENT_CLOSED, current
 from .replies import ReplyStream, reply_error
 from .sse import EventStreamResponse
@@ -102,13 +102,7 @@ async def _relay(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
             try:
                 reply = await replies.next()
             except GatewayError as exc:
-                # The worker went silent or its messages were lost: it may be dead with the
-                # usage unrecorded, so meter what reached the client.
-                if out_chars:
-                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id,
-                                                            replies.provider))
-                if record is not None:
-                    record.failed(exc.code)
+                lost_mid_stream(gateway, job, replies, out_chars, exc)
                 yield _sse(exc.to_json())
                 return
     finally:

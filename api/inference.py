@@ -184,6 +184,17 @@ async def _unless_client_leaves(replies: ReplyStream, receive: Receive) -> Any:
         watcher.cancel()
 
 
+def lost_mid_stream(gateway: Gateway, job: Job, replies: ReplyStream, out_chars: int, exc: GatewayError) -> None:
+    """A stream's worker went silent or its messages were lost after output went out: it may be
+    dead with the usage unrecorded, so meter what reached the client (``out_chars``; the
+    request-id claim keeps it to one record), and note the failure in the request's record."""
+    if out_chars:
+        gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id, replies.provider))
+    record = current.get()
+    if record is not None:
+        record.failed(exc.code)
+
+
 class StreamFailed(Exception):
     """A stream ended with an error; ``error`` is what to tell the client, ``partial`` whether any
     chunk went before it."""
@@ -210,11 +221,7 @@ async def chunks(gateway: Gateway, job: Job, replies: ReplyStream) -> AsyncItera
             try:
                 reply = await replies.next()
             except GatewayError as exc:
-                if out_chars:
-                    gateway.spawn(gateway.meter_lost_worker(job, out_chars, job.enqueued_at, replies.model_id,
-                                                            replies.provider))
-                if record is not None:
-                    record.failed(exc.code)
+                lost_mid_stream(gateway, job, replies, out_chars, exc)
                 raise StreamFailed(exc, sent) from None
             out_chars = reply.out_chars
             for frame in reply.frames:
