@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from shared.config import Settings
-from shared.errors import GatewayError, NoWorker, Overloaded, PayloadTooLarge, Unavailable, UserShareExceeded
+from shared.errors import GatewayError, NoWorker, PayloadTooLarge, Unavailable
 from shared.fleet import RETRY_AFTER_S, PoolCapacity, silence_timeout
 from shared.extensions import Extension
 from shared.health import RouteHealth, RouteStats
@@ -193,15 +193,10 @@ class Gateway:
         except (GatewayError, asyncio.CancelledError):
             self.abandon(stream)
             raise
-        if admitted is not Admission.ADMITTED:
+        refused = admitted.refusal(provider)
+        if refused is not None:
             stream.close()  # nothing was queued, so there is nothing to cancel
-            if admitted is Admission.USER_SHARE_FULL:
-                raise UserShareExceeded(
-                    f"Your requests already hold your share of the provider {provider!r}'s workers "
-                    f"(queue_user_share); try again when one of them has finished.",
-                    headers={"Retry-After": str(RETRY_AFTER_S)})
-            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
-                             headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise refused
         return stream
 
     def abandon(self, stream: ReplyStream) -> None:
@@ -239,14 +234,9 @@ class Gateway:
                                                    shared_above=limit - self.capacity.backlog)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
-        if admitted is Admission.USER_SHARE_FULL:
-            raise UserShareExceeded(
-                f"Your requests already hold your share of the provider {provider!r}'s workers "
-                f"(queue_user_share); try again when one of them has finished.",
-                headers={"Retry-After": str(RETRY_AFTER_S)})
-        if admitted is not Admission.ADMITTED:
-            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
-                             headers={"Retry-After": str(RETRY_AFTER_S)})
+        refused = admitted.refusal(provider)
+        if refused is not None:
+            raise refused
 
     def meter_lost_result(self, job: Job, stream: ReplyStream, result: Reply) -> None:
         """Meter a non-streamed request whose worker fell silent right after its result: it may have

@@ -29,6 +29,8 @@ from redis.asyncio import Redis
 
 from .batching import LoopTurnBatch
 from .config import Settings
+from .errors import GatewayError, Overloaded, UserShareExceeded
+from .fleet import RETRY_AFTER_S
 from .keys import Keys
 from .wire import Job
 
@@ -49,6 +51,17 @@ class Admission(IntEnum):
     POOL_FULL = 0
     ADMITTED = 1
     USER_SHARE_FULL = 2
+
+    def refusal(self, provider: str) -> GatewayError | None:
+        """What to tell the client when ``provider``'s pool refused the job; None when admitted."""
+        if self is Admission.ADMITTED:
+            return None
+        if self is Admission.USER_SHARE_FULL:
+            return UserShareExceeded(f"Your requests already hold your share of the provider {provider!r}'s workers "
+                                     f"(queue_user_share); try again when one of them has finished.",
+                                     headers={"Retry-After": str(RETRY_AFTER_S)})
+        return Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def job_lifetime(settings: Settings) -> float:

@@ -28,13 +28,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.config import Settings
-from shared.errors import (GatewayError, InternalError, NoWorker, Overloaded, ProviderError, Unavailable,
-                           UpstreamTimeout, UserShareExceeded)
+from shared.errors import GatewayError, InternalError, NoWorker, ProviderError, Unavailable, UpstreamTimeout
 from shared.extensions import Extension
-from shared.fleet import RETRY_AFTER_S, PoolCapacity
+from shared.fleet import PoolCapacity
 from shared.health import RouteHealth
 from shared.logs import log_context
-from shared.queue import Admission, Enqueuer, reply_id, user_limit
+from shared.queue import Enqueuer, reply_id, user_limit
 from shared.tracing import Tracing
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
@@ -160,13 +159,9 @@ class Handoff:
                                                     shared_above=limit - self._capacity.backlog)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
-        if admitted is Admission.USER_SHARE_FULL:
-            raise UserShareExceeded(f"Your requests already hold your share of the provider {provider!r}'s workers "
-                                    f"(queue_user_share); try again when one of them has finished.",
-                                    headers={"Retry-After": str(RETRY_AFTER_S)})
-        if admitted is not Admission.ADMITTED:
-            raise Overloaded(f"Every worker of the provider {provider!r} is busy; try again shortly.",
-                             headers={"Retry-After": str(RETRY_AFTER_S)})
+        refused = admitted.refusal(provider)
+        if refused is not None:
+            raise refused
 
 
 class JobRunner:
