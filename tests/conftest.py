@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from .gateway_proc import LOCAL_KEY, UPSTREAM_KEY, RunningGateway
+from .gateway_proc import LOCAL_KEY, UPSTREAM_KEY, RunningGateway, mock_upstream_process
 from .cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, AZURE_KEY, cloud_overlay
 from .mocks.azure import MockAzure
 from .mocks.bedrock import MockBedrock
@@ -36,6 +36,14 @@ def openrouter_mock():
 def local_mock():
     with MockUpstream(api_key=LOCAL_KEY, flavour="openai") as mock:
         yield mock
+
+
+@pytest.fixture
+def process_upstream():
+    """The OpenAI-flavoured mock in a process of its own, for loads that would starve one sharing
+    the test's process; its base URL, key LOCAL_KEY."""
+    with mock_upstream_process() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from .gateway_proc import RunningGateway, mock_upstream_process
+from .gateway_proc import RunningGateway
 
 STREAMS = 500
 STREAM_CHUNKS, STREAM_DELAY_MS = 5, 100
@@ -37,15 +37,9 @@ SETTLE_S = 3.0
 
 
 @pytest.fixture
-def upstream():
-    with mock_upstream_process() as url:
-        yield url
-
-
-@pytest.fixture
-def gw(tmp_path, redis_url, openrouter_mock, upstream):
+def gw(tmp_path, redis_url, openrouter_mock, process_upstream):
     gateway = RunningGateway(tmp_path / "gw", redis_url, f"rload-{uuid.uuid4().hex[:8]}:", openrouter_mock.url,
-                             upstream,
+                             process_upstream,
                              # One user drives all the load: the whole pool is theirs to fill.
                              f"worker_concurrency = {WORKER_CONCURRENCY}\nqueue_user_share = 1",
                              worker_providers=("local",))

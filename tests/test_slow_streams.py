@@ -16,7 +16,7 @@ import uuid
 import aiohttp
 import pytest
 
-from .gateway_proc import RunningGateway, mock_upstream_process
+from .gateway_proc import RunningGateway
 
 STREAMS = 300
 CHUNKS, DELAY_MS = 10, 200   # a token every 200 ms: each stream lasts about 2.2 s, far past the silence timeout
@@ -24,15 +24,9 @@ ROUNDS = 2
 
 
 @pytest.fixture
-def slow_upstream():
-    with mock_upstream_process() as url:
-        yield url
-
-
-@pytest.fixture
-def gateway_for_load(tmp_path, redis_url, openrouter_mock, slow_upstream):
+def gateway_for_load(tmp_path, redis_url, openrouter_mock, process_upstream):
     gw = RunningGateway(tmp_path / "gw", redis_url, f"rtest-{uuid.uuid4().hex[:8]}:", openrouter_mock.url,
-                        slow_upstream)
+                        process_upstream)
     gw.start()
     yield gw
     gw.stop()
