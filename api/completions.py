@@ -21,7 +21,7 @@ from .gateway import Gateway
 from .inference import admit, lost_mid_stream, response_headers, single, submit
 from .observe import CLIENT_CLOSED, current
 from .replies import ReplyStream, reply_error
-from .sse import EventStreamResponse
+from .sse import EventStreamResponse, LastFrame
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -88,14 +88,14 @@ async def _relay(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
                 record.first_token()
             if reply.kind == "done":
                 finished = True
-                yield out + _DONE
+                yield LastFrame(out + _DONE)
                 return
             if reply.kind == "error":
                 finished = True
                 error = reply_error(reply)
                 if record is not None:
                     record.failed(error.code)
-                yield out + _sse(error.to_json())
+                yield LastFrame(out + _sse(error.to_json()))
                 return
             if out:
                 yield out
@@ -103,7 +103,7 @@ async def _relay(gateway: Gateway, job: Job) -> AsyncIterator[bytes]:
                 reply = await replies.next()
             except GatewayError as exc:
                 lost_mid_stream(gateway, job, replies, out_chars, exc)
-                yield _sse(exc.to_json())
+                yield LastFrame(_sse(exc.to_json()))
                 return
     finally:
         if finished:

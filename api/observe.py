@@ -36,6 +36,7 @@ from shared.tracing import Tracing
 from shared.wire import Job
 
 from .replies import ReplyStream
+from .sse import BODY_SEND
 
 # What a client's X-Request-Id may be to be kept: a token that is safe in logs, headers and labels.
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -182,6 +183,8 @@ class ObserveRequests:
                     message = {**message, "headers": [*headers, own]}
             await send(message)
 
+        # Body frames of a stream need none of the wrappers below (each looks at the head only).
+        scope[BODY_SEND] = send
         token = current.set(record)
         context = log_context.set(record)
         try:
