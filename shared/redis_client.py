@@ -28,15 +28,21 @@ otherwise be listened to forever while every message goes elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.connection import (AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection,
+                                      parse_url)
+from redis.asyncio.sentinel import (Sentinel, SentinelConnectionPool, SentinelManagedConnection,
+                                    SentinelManagedSSLConnection)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import ConfigError
 
@@ -95,6 +101,106 @@ def _address(item: str, expected: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _DirectWrites:
+    """A connection that writes a command at once, in the caller's step.
+
+    redis-py 5 sends every command through ``asyncio.wait_for`` once a socket timeout is set, and
+    on Python 3.11 that wraps each write in a task of its own: a task per command, and the write
+    leaves a loop turn later. Here the command is handed to the transport directly, and only a
+    write the kernel could not take at once (the transport kept bytes back) is waited for, within
+    the socket timeout as before. Reads keep redis-py's own timeout.
+    """
+
+    async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()
+        elif check_health:
+            await self.check_health()
+        try:
+            if isinstance(command, str):
+                command = command.encode()
+            if isinstance(command, bytes):
+                command = [command]
+            writer = self._writer
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {exc!r}.") from exc
+        except BaseException:
+            # A write cut short leaves the connection in an unknown state, as redis-py says.
+            await self.disconnect(nowait=True)
+            raise
+
+
+class _Connection(_DirectWrites, Connection):
+    pass
+
+
+class _SSLConnection(_DirectWrites, SSLConnection):
+    pass
+
+
+class _UnixConnection(_DirectWrites, UnixDomainSocketConnection):
+    pass
+
+
+class _SentinelConnection(_DirectWrites, SentinelManagedConnection):
+    pass
+
+
+class _SentinelSSLConnection(_DirectWrites, SentinelManagedSSLConnection):
+    pass
+
+
+_DIRECT = {Connection: _Connection, SSLConnection: _SSLConnection, UnixDomainSocketConnection: _UnixConnection}
+
+
+def _has_data(connection: AbstractConnection) -> bool | None:
+    """Whether a pooled connection holds unread data, told without waiting; None when this
+    cannot be told (then redis-py's own check runs)."""
+    parser = getattr(connection, "_parser", None)
+    if not isinstance(parser, _AsyncHiredisParser) or not parser._connected or parser._stream is None:
+        return None
+    if parser._reader.gets() is not NOT_ENOUGH_DATA:
+        return True
+    stream = parser._stream
+    return bool(stream._buffer) or stream.at_eof()
+
+
+class _ReadyCheck:
+    """A pool whose check that a connection is ready to send does not wait a loop turn.
+
+    redis-py checks every connection it hands out by reading its socket under a zero timeout,
+    which suspends the caller until the next loop turn and raises and catches a timeout each
+    time: for every command. What that read would find, data already buffered or the end of the
+    stream, can be seen without it.
+    """
+
+    async def ensure_connection(self: Any, connection: AbstractConnection) -> None:
+        await connection.connect()
+        has_data = _has_data(connection)
+        if has_data is None:
+            await super().ensure_connection(connection)  # type: ignore[misc]
+        elif has_data:
+            # Left over from a command cut short: start afresh, as redis-py does.
+            await connection.disconnect()
+            await connection.connect()
+
+
+class _Pool(_ReadyCheck, ConnectionPool):
+    pass
+
+
+class _SentinelPool(_ReadyCheck, SentinelConnectionPool):
+    pass
+
+
 def connection_pool(url: str, *, timeout: float, max_connections: int | None = None,
                     **connection_kwargs: Any) -> ConnectionPool:
     """A pool of connections to the Redis ``url`` names, each with ``timeout`` for connecting and
@@ -108,13 +214,17 @@ def connection_pool(url: str, *, timeout: float, max_connections: int | None = N
     if max_connections is not None:
         options["max_connections"] = max_connections
     if not url.startswith(f"{SENTINEL_SCHEME}://"):
-        return ConnectionPool.from_url(url, **options)
+        # ConnectionPool.from_url, with the connection class of the URL's scheme swapped for ours.
+        options.update(parse_url(url))
+        options["connection_class"] = _DIRECT[options.get("connection_class", Connection)]
+        return _Pool(**options)
     parsed = parse_sentinel_url(url)
     # The Sentinels get the same timeouts (redis-py copies the socket_* options), no credentials.
     sentinel = Sentinel(parsed.sentinels, sentinel_kwargs={"socket_timeout": timeout,
                                                            "socket_connect_timeout": timeout})
-    return SentinelConnectionPool(parsed.service_name, sentinel, is_master=True, db=parsed.db,
-                                  username=parsed.username, password=parsed.password, **options)
+    connection_class = _SentinelSSLConnection if options.pop("ssl", False) else _SentinelConnection
+    return _SentinelPool(parsed.service_name, sentinel, is_master=True, db=parsed.db, username=parsed.username,
+                         password=parsed.password, connection_class=connection_class, **options)
 
 
 def open_redis(url: str, *, timeout: float, max_connections: int | None = None,
