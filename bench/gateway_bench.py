@@ -11,6 +11,10 @@ The table gives rps, latency and TTFT percentiles, errors, the gateway's additio
 mock for the same case, and the CPU each party used. ``other`` is the machine's busy time
 minus ours (Redis, other people's work): read a row as contended when it is large.
 
+``--floor`` (on with ``--slow-streams``) also runs ``bench/floor_proxy.py`` through the cases: one
+aiohttp process relaying the mock's bytes and nothing else, the least any Python gateway process
+costs on this machine; its row says which targets the machine allows at all.
+
 ``--peer`` runs the shared side-by-side (``../shared/bench/peer_bench.sh``) instead, with
 this gateway as its ``GATEWAY_CMD`` (``bench/launch_gateway.sh``) and ``--litellm`` passed
 through, so LiteLLM and Reactor are measured in one run against one mock.
@@ -484,14 +488,25 @@ def run_direct_and_gateway(a: argparse.Namespace, run_dir: Path, prefix: str, st
           f"mock at {mock_url}", flush=True)
 
     rpid = redis_pid(a.redis_url)
+    targets = [("mock", mock_url, None)] if not a.skip_direct else []
+    floor = None
+    if a.floor:
+        floor_port = free_port()
+        floor = Child("floor", [a.python, str(HERE / "floor_proxy.py"), "--port", str(floor_port),
+                                "--upstream", mock_url, "--upstream-key", UPSTREAM_KEY], run_dir / "floor.log")
+        floor_url = f"http://127.0.0.1:{floor_port}/v1"
+        wait_http(f"{floor_url}/models", 20, procs=(floor,))
+        targets.append(("floor", floor_url, None))
+    targets.append(("reactor", base, token))
     results = []
-    for target, url, tok in (("mock", mock_url, None), ("reactor", base, token)):
-        if target == "mock" and a.skip_direct:
-            continue
+    for target, url, tok in targets:
         for case in a.cases:
             # Pids are re-read per case: `reactor serve` has a worker child in its group.
             watch = {"mock": group_pids(mock.pgid)}
-            if target != "mock":
+            if target == "floor":
+                assert floor is not None
+                watch["api"] = group_pids(floor.pgid)
+            elif target != "mock":
                 if a.serve:
                     pids = group_pids(api[0].pgid)
                     watch["api"], watch["worker"] = [api[0].pgid], [p for p in pids if p != api[0].pgid]
@@ -592,9 +607,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run `reactor serve` (API + --workers worker children) instead")
     p.add_argument("--slow-streams", action="store_true",
                    help="the real-traffic case: `reactor serve`, streams of 20 chunks 100 ms apart at 100, 500 "
-                        "and 1,000 concurrent (--cases overrides the concurrencies)")
+                        "and 1,000 concurrent, beside the floor (--floor; --cases overrides the concurrencies)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--skip-direct", action="store_true", help="do not measure the mock directly")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure bench/floor_proxy.py (one aiohttp process relaying bytes, nothing else): "
+                        "what any Python gateway process costs on this machine")
     p.add_argument("--request-timeout", type=float, default=30.0)
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--peer", action="store_true", help="run ../shared/bench/peer_bench.sh with this gateway")
@@ -620,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cases == p.get_default("cases"):
             a.cases = "s100,s500,s1000"
         a.warmup = max(a.warmup, 3.0)
+        a.floor = True
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     for c in a.cases:
         if parse_case(c) is None:
