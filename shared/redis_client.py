@@ -42,6 +42,7 @@ from redis.asyncio.connection import (AbstractConnection, Connection, SSLConnect
 from redis.asyncio.sentinel import (Sentinel, SentinelConnectionPool, SentinelManagedConnection,
                                     SentinelManagedSSLConnection)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import ConfigError
@@ -199,6 +200,61 @@ class _Pool(_ReadyCheck, ConnectionPool):
 
 class _SentinelPool(_ReadyCheck, SentinelConnectionPool):
     pass
+
+
+def write_now(redis: Redis, *args: Any) -> "asyncio.Task[Any] | None":
+    """Write one command to Redis at once, in the caller's step, and read its reply in a task.
+
+    ``await redis.execute_command(...)`` from a caller writes the command in that caller's step
+    too (with this module's pools), but its reply is read in the caller's task: a cancel of the
+    caller cuts the exchange, and redis-py then drops the connection and the reply with it. Here
+    the reply is the task's, whoever waits for it; the connection goes back to the pool once it
+    is read.
+
+    :returns: the task reading the reply (it raises what the command raised, ``ResponseError``s
+        included), or None when no pooled connection can write without waiting (not connected
+        yet, the pool full, or not one of this module's pools): then send the usual way.
+    """
+    pool = redis.connection_pool
+    if not isinstance(pool, _ReadyCheck):
+        return None
+    try:
+        connection = pool.get_available_connection()
+    except RedisConnectionError:
+        return None  # max_connections reached: the usual way waits or fails as it always has
+    writer = getattr(connection, "_writer", None)
+    if not connection.is_connected or writer is None or _has_data(connection) is not False:
+        asyncio.ensure_future(pool.release(connection))
+        return None
+    try:
+        writer.writelines(connection.pack_command(*args))
+    except Exception:
+        asyncio.ensure_future(_drop(pool, connection))
+        return None
+    return asyncio.ensure_future(_reply(pool, connection))
+
+
+async def _reply(pool: ConnectionPool, connection: AbstractConnection) -> Any:
+    try:
+        writer = connection._writer  # type: ignore[attr-defined]
+        if writer is not None and writer.transport.get_write_buffer_size():
+            async with asyncio.timeout(connection.socket_timeout):  # type: ignore[attr-defined]
+                await writer.drain()
+        return await connection.read_response()
+    except ResponseError:
+        raise  # an error reply, read whole: the connection is fine
+    except BaseException:
+        await connection.disconnect(nowait=True)  # a reply cut short: the connection is unusable
+        raise
+    finally:
+        await pool.release(connection)
+
+
+async def _drop(pool: ConnectionPool, connection: AbstractConnection) -> None:
+    try:
+        await connection.disconnect(nowait=True)
+    finally:
+        await pool.release(connection)
 
 
 def connection_pool(url: str, *, timeout: float, max_connections: int | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import os
 from uuid import uuid4
 
@@ -123,3 +124,49 @@ def test_ended_jobs_leave_queue_and_keys() -> None:
     assert cleared == 2
     assert left == [ids[2].encode()]
     assert len(keys_left) == 3  # only the third job's keys
+
+
+def test_a_wave_of_enqueues_reaches_redis_in_full_batches_before_its_loop_turn_ends() -> None:
+    import redis as sync_redis
+
+    from shared.keys import Keys
+    from shared.queue import ENQUEUE_BATCH_MAX, Admission, Enqueuer
+    from shared.redis_client import open_redis
+    from shared.wire import Job
+
+    keys = Keys(f"utest-{uuid4().hex[:8]}:")
+    n = ENQUEUE_BATCH_MAX + 8
+    jobs = [Job(request_id=f"{keys.prefix}{i}", kind="chat", reply_channel="r", user_id="u", targets=[],
+                alias=None, body=b"{}") for i in range(n)]
+    watcher = sync_redis.Redis.from_url(REDIS_URL)
+
+    async def run():
+        redis = open_redis(REDIS_URL, timeout=5)
+        await redis.ping()
+        enqueuer = Enqueuer(redis, keys)
+        try:
+            tasks = [asyncio.ensure_future(enqueuer.enqueue(job, "p", 5, limit=n)) for job in jobs]
+
+            async def look() -> int:
+                # Runs in the same loop turn as the enqueues, after them, and blocks the loop: only
+                # what their own steps wrote can be in Redis.
+                queued = 0
+                for _ in range(200):
+                    if (queued := watcher.zcard(keys.queue("p"))) >= ENQUEUE_BATCH_MAX:
+                        break
+                    time.sleep(0.005)
+                return queued
+
+            seen = await asyncio.ensure_future(look())
+            admitted = await asyncio.gather(*tasks)
+            return seen, admitted, await redis.zcard(keys.queue("p"))
+        finally:
+            await redis.delete(keys.queue("p"), *(job_key_prefix + keys.job_id("p", j.request_id) for j in jobs))
+            await redis.aclose()
+
+    try:
+        seen, admitted, queued = asyncio.run(run())
+    finally:
+        watcher.close()
+    assert seen == ENQUEUE_BATCH_MAX  # the full batch, written in the turn; the rest came after it
+    assert admitted == [Admission.ADMITTED] * n and queued == n

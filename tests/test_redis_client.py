@@ -4,6 +4,7 @@ a pooled connection that holds stale data or was closed by the server replaced b
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from redis.asyncio import ConnectionPool, Redis
@@ -87,3 +88,77 @@ def test_a_pooled_connection_the_server_closed_is_replaced(redis_url) -> None:
             await redis.aclose()
 
     asyncio.run(main())
+
+
+def test_write_now_writes_in_the_callers_step_and_reads_the_reply_in_a_task(redis_url) -> None:
+    import redis as sync_redis
+
+    from shared.redis_client import write_now
+
+    key = f"rc-{uuid.uuid4().hex[:8]}"
+    watcher = sync_redis.Redis.from_url(redis_url)
+
+    async def main():
+        client = open_redis(redis_url, timeout=5)
+        try:
+            await client.ping()  # a connection in the pool, ready
+            reply = write_now(client, "SET", key, "written")
+            assert reply is not None
+            # Still in this step, the loop blocked: Redis has the command all the same.
+            seen = None
+            for _ in range(200):
+                if (seen := watcher.get(key)) is not None:
+                    break
+                time.sleep(0.005)
+            answer = await reply
+            return seen, answer, await client.get(key)
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    try:
+        seen, answer, after = asyncio.run(main())
+    finally:
+        watcher.close()
+    assert seen == b"written" and answer in (b"OK", "OK", True) and after == b"written"
+
+
+def test_write_now_without_a_ready_connection_leaves_it_to_the_usual_way(redis_url) -> None:
+    from shared.redis_client import write_now
+
+    async def main():
+        fresh = open_redis(redis_url, timeout=5)  # no connection made yet
+        stock = Redis(connection_pool=ConnectionPool.from_url(redis_url))
+        try:
+            await stock.ping()
+            return write_now(fresh, "PING"), write_now(stock, "PING"), await fresh.ping()
+        finally:
+            await fresh.aclose()
+            await stock.aclose()
+
+    assert asyncio.run(main()) == (None, None, True)
+
+
+def test_write_now_raises_an_error_reply_and_keeps_the_connection(redis_url) -> None:
+    from redis.exceptions import NoScriptError
+
+    from shared.redis_client import write_now
+
+    async def main():
+        client = open_redis(redis_url, timeout=5, max_connections=1)
+        try:
+            before = await client.client_id()
+            reply = write_now(client, "EVALSHA", "0" * 40, 0)
+            assert reply is not None
+            try:
+                await reply
+            except NoScriptError:
+                raised = True
+            else:
+                raised = False
+            return raised, before, await client.client_id()
+        finally:
+            await client.aclose()
+
+    raised, before, after = asyncio.run(main())
+    assert raised and before == after
