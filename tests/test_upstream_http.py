@@ -220,3 +220,73 @@ def test_a_slow_body_that_keeps_sending_is_not_cut(mock: MockUpstream) -> None:
 
     events = run(go())  # 2 s in all, never silent for 0.5 s
     assert events[-1] == b"[DONE]"
+
+
+async def _closing_server(serve_per_connection: int) -> tuple[asyncio.AbstractServer, dict[str, int]]:
+    """An HTTP/1.1 server that answers the first ``serve_per_connection`` requests of each
+    connection (keep-alive) and closes the connection, unanswered, on the next one: an upstream
+    whose idle close crosses the client's next request."""
+    seen = {"connections": 0, "requests": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["connections"] += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                seen["requests"] += 1
+                if served == serve_per_connection:
+                    break
+                served += 1
+                body = b'{"ok": true}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, seen
+
+
+def test_a_request_crossing_an_idle_close_goes_out_again_on_another_connection() -> None:
+    async def go():
+        server, seen = await _closing_server(serve_per_connection=1)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with UpstreamHTTP(Timeouts(connect=2, read=5)) as http:
+                first, _ = await http.request("POST", f"http://127.0.0.1:{port}/v1/x", content=b"{}")
+                second, body = await http.request("POST", f"http://127.0.0.1:{port}/v1/x", content=b"{}")
+            return first.status_code, second.status_code, body, dict(seen)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    first, second, body, seen = run(go())
+    assert (first, second, body) == (200, 200, b'{"ok": true}')
+    # The second request went out on the kept connection, was dropped, and went out again on a new one.
+    assert seen == {"connections": 2, "requests": 3}
+
+
+def test_an_upstream_that_drops_every_request_fails_after_the_retries() -> None:
+    from workers.providers.http import STALE_CONNECTION_RETRIES
+
+    async def go():
+        server, seen = await _closing_server(serve_per_connection=0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with UpstreamHTTP(Timeouts(connect=2, read=5)) as http:
+                with map_upstream_errors("mock"):
+                    await http.request("POST", f"http://127.0.0.1:{port}/v1/x", content=b"{}")
+        finally:
+            server.close()
+            await server.wait_closed()
+            assert seen["requests"] == STALE_CONNECTION_RETRIES + 1
+
+    with pytest.raises(ProviderError, match="Upstream mock connection failed"):
+        run(go())

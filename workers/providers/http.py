@@ -55,6 +55,9 @@ DEFAULT_LIMITS = Limits()
 DEFAULT_MAX_RESPONSE_BYTES = DEFAULT_MAX_UPSTREAM_RESPONSE_BYTES
 # The error code of a body over that limit, and of a streamed line over ``max_line_bytes``.
 RESPONSE_TOO_LARGE = "upstream_response_too_large"
+# How many times a request is sent again when the connection is lost before any of the answer
+# came back (see UpstreamHTTP.stream).
+STALE_CONNECTION_RETRIES = 2
 # How long to wait for the end of a body after the last event before giving up on reusing
 # its connection (an unread body closes the connection, and the next call pays a handshake).
 DRAIN_TIMEOUT_S = 1.0
@@ -222,7 +225,7 @@ class UpstreamHTTP:
             sent_headers = CIMultiDict(request.headers.multi_items())
         # Until the response's head arrives, the read timeout is one timer for the request.
         async with asyncio.timeout(self.timeouts.read):
-            response = await self._session.request(method, url, data=content, headers=sent_headers)
+            response = await self._send(method, url, content, sent_headers)
         upstream = UpstreamResponse(response, self.timeouts.read, self.max_response_bytes)
         self._open.add(upstream)
         try:
@@ -232,6 +235,29 @@ class UpstreamHTTP:
             # A body read to its end returns the connection to the pool; anything else closes it.
             response.release()
             await response.wait_for_close()
+
+    async def _send(self, method: str, url: str | URL, content: bytes | None,
+                    headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
+        """The request, sent again on another connection when the one it went out on was closed
+        before any of the answer came back.
+
+        An upstream closes a keep-alive connection it has left idle (uvicorn, which vLLM and most
+        Python servers run on, after 5 s); when its close crosses our next request on that
+        connection, the request fails although the upstream never read it. aiohttp sends such a
+        request again only for idempotent methods, and these are POSTs; the official OpenAI and
+        Anthropic SDKs retry connection errors on POSTs too. A connection refused is not retried
+        here: that is the upstream being down, which fallback and cooldowns handle.
+        """
+        assert self._session is not None
+        for attempt in range(STALE_CONNECTION_RETRIES + 1):
+            try:
+                return await self._session.request(method, url, data=content, headers=headers)
+            except aiohttp.ClientConnectorError:
+                raise
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == STALE_CONNECTION_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
                       headers: dict[str, str] | None = None,
