@@ -22,7 +22,7 @@ from shared.fleet import RETRY_AFTER_S, PoolCapacity, silence_timeout
 from shared.extensions import Extension
 from shared.health import RouteHealth, RouteStats
 from shared.keys import Keys
-from shared.queue import Admission, Enqueuer, job_lifetime, queue_job_id, user_limit
+from shared.queue import Admission, Enqueuer, job_lifetime, queue_job_id
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.registry import Model, Registry
 from shared.tracing import Tracing
@@ -173,16 +173,14 @@ class Gateway:
             raise Unavailable("The gateway is reconnecting to Redis; try again shortly.")
         provider = job.targets[0].provider
         try:
-            limit = await self.capacity.limit(provider)
+            room = await self.capacity.room(provider, self.settings.queue_user_share)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         stream = self.replies.open(job.request_id, start_timeout=self.settings.queue_timeout,
                                    rerun=functools.partial(self.rerun, job),
                                    unsettled=functools.partial(self.meter_lost_result, job))
         try:
-            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
-                                                   user_limit(limit, self.settings.queue_user_share),
-                                                   shared_above=limit - self.capacity.backlog)
+            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, *room)
             if admitted is Admission.ADMITTED:
                 await stream.next()
         except (RedisError, OSError):
@@ -228,10 +226,8 @@ class Gateway:
         provider = job.targets[attempt].provider
         try:
             await self.enqueuer.forget(lost_provider, lost_id, job.user_id)
-            limit = await self.capacity.limit(provider)
-            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, limit,
-                                                   user_limit(limit, self.settings.queue_user_share),
-                                                   shared_above=limit - self.capacity.backlog)
+            room = await self.capacity.room(provider, self.settings.queue_user_share)
+            admitted = await self.enqueuer.enqueue(job, provider, self.settings.queue_timeout, *room)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         refused = admitted.refusal(provider)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
@@ -59,6 +60,19 @@ async def pool_slots(redis: Redis, keys: Keys, providers: list[str], heartbeat_i
 RETRY_AFTER_S = 1
 
 
+def user_limit(limit: int, share: float) -> int:
+    """How many of a pool's ``limit`` jobs one user may hold: their ``share`` of it, at least one."""
+    return max(1, int(limit * share))
+
+
+class Room(NamedTuple):
+    """What one pool admits now, in the order ``Enqueuer.enqueue`` takes it after the job's expiry."""
+
+    limit: int         # the most jobs the pool may hold: its live workers' slots plus the backlog
+    user_limit: int    # the most of them one user may hold (their share, at least one)
+    shared_above: int  # from how many jobs held the user's share binds: the workers' slots
+
+
 class PoolCapacity:
     """How many jobs each provider pool may hold: its live workers' slots plus ``backlog``.
 
@@ -92,6 +106,14 @@ class PoolCapacity:
             raise NoWorker(f"No worker serves the provider {provider!r} right now; try again shortly.",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         return slots + self._backlog
+
+    async def room(self, provider: str, user_share: float) -> Room:
+        """What ``provider``'s pool admits now, with ``user_share`` of it for one user.
+
+        :raises NoWorker: no live worker serves it.
+        """
+        limit = await self.limit(provider)
+        return Room(limit, user_limit(limit, user_share), limit - self.backlog)
 
     async def _refresh(self) -> None:
         if self._reading is None:

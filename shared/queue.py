@@ -79,11 +79,6 @@ def job_lifetime(settings: Settings) -> float:
     return settings.queue_timeout + settings.request_timeout + JOB_TIMEOUT_SLACK_S
 
 
-def user_limit(limit: int, share: float) -> int:
-    """How many of a pool's ``limit`` jobs one user may hold: their ``share`` of it, at least one."""
-    return max(1, int(limit * share))
-
-
 # Admits the jobs of one batch and wakes their pools, as one command: a pipeline costs redis-py
 # more client time than the commands in it. KEYS: per job, its queue, its job key and its user's
 # jobs in that pool. ARGV: per job, envelope, expiry ms, score (now ms), limit, job id, the

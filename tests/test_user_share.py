@@ -28,7 +28,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from redis.asyncio import Redis
 
 from shared.keys import Keys
-from shared.queue import Admission, Enqueuer, user_limit
+from shared.fleet import user_limit
+from shared.queue import Admission, Enqueuer
 from shared.wire import Job
 
 from .conftest import REDIS_URL
@@ -208,3 +209,26 @@ def test_the_share_binds_only_once_the_pools_workers_are_busy() -> None:
             await redis.aclose()
 
     assert asyncio.run(run()) == [Admission.ADMITTED] * 4 + [Admission.USER_SHARE_FULL, Admission.ADMITTED]
+
+
+def test_a_pools_room_is_its_live_slots_plus_the_backlog_with_a_users_share_of_it() -> None:
+    from shared.fleet import PoolCapacity, Room
+
+    keys = Keys(f"utest-{uuid.uuid4().hex[:8]}:")
+
+    async def run() -> tuple[Room, Room]:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            now = time.time()
+            # Two live workers of 10 and 6 slots, and one long gone whose slots no longer count.
+            await redis.zadd(keys.workers("p"), {"w1": now, "w2": now, "gone": now - 3600})
+            await redis.hset(keys.worker_slots("p"), mapping={"w1": 10, "w2": 6, "gone": 50})
+            capacity = PoolCapacity(redis, keys, ["p"], heartbeat=2.0, backlog=4)
+            return await capacity.room("p", 0.5), await capacity.room("p", 0.01)
+        finally:
+            await redis.delete(keys.workers("p"), keys.worker_slots("p"))
+            await redis.aclose()
+
+    half, tiny = asyncio.run(run())
+    assert half == Room(limit=20, user_limit=10, shared_above=16)
+    assert tiny == Room(limit=20, user_limit=1, shared_above=16)

@@ -33,7 +33,7 @@ from shared.extensions import Extension
 from shared.fleet import PoolCapacity
 from shared.health import RouteHealth
 from shared.logs import log_context
-from shared.queue import Enqueuer, reply_id, user_limit
+from shared.queue import Enqueuer, reply_id
 from shared.tracing import Tracing
 from shared.overlay import FixedRegistry, RegistrySource
 from shared.usage import (Tokens, UsageProperties, UsageRecorder, build_usage, estimate_tokens, prompt_chars,
@@ -153,10 +153,8 @@ class Handoff:
             user (Redis errors as Unavailable).
         """
         try:
-            limit = await self._capacity.limit(provider)
-            admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, limit,
-                                                    user_limit(limit, self._user_share),
-                                                    shared_above=limit - self._capacity.backlog)
+            room = await self._capacity.room(provider, self._user_share)
+            admitted = await self._enqueuer.enqueue(job, provider, self._queue_timeout, *room)
         except (RedisError, OSError):
             raise Unavailable("The job queue (Redis) is unreachable.") from None
         refused = admitted.refusal(provider)
