@@ -251,94 +251,79 @@ def usage_by_request(gw: RunningGateway) -> dict[str, int]:
     return counts
 
 
-def test_redis_not_answering_gets_503_then_recovers(tmp_path, private_redis, redis_proxy, openrouter_mock,
-                                                   local_mock):
+def assert_metered_once(gw: RunningGateway, request_ids: list[str]) -> None:
+    """Every one of ``request_ids`` has exactly one usage record (waiting up to 10 s for them)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(r in usage_by_request(gw) for r in request_ids):
+        time.sleep(0.2)
+    counts = usage_by_request(gw)
+    assert all(counts.get(r) == 1 for r in request_ids), (request_ids, counts, gw.logs())
+
+
+@pytest.fixture
+def proxied_gw(tmp_path, private_redis, redis_proxy, openrouter_mock, local_mock):
+    """A gateway whose every Redis connection goes through ``redis_proxy``, with a short redis_timeout."""
+    gw = RunningGateway(tmp_path / "gw", private_redis.url, f"rproxy-{uuid.uuid4().hex[:6]}:", openrouter_mock.url,
+                        local_mock.url, f"redis_timeout = {FAULT_REDIS_TIMEOUT}", env={"REDIS_URL": redis_proxy.url})
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+class Asker:
+    """Asks ``proxied_gw`` for chat completions and keeps the ids of those answered."""
+
+    def __init__(self, gw: RunningGateway) -> None:
+        self.client = gw.client(timeout=CLIENT_TIMEOUT)
+        self.ok: list[str] = []
+
+    def __call__(self, text: str) -> bool:
+        answer = self.client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": text}])
+        self.ok.append(answer.id.removeprefix("chatcmpl-"))
+        return True
+
+
+def test_redis_not_answering_gets_503_then_recovers(proxied_gw, redis_proxy):
     """A Redis that accepts connections but never answers: each request ends with a 503 in the
     OpenAI error shape (the client's own timeout, far longer, never fires), and once Redis answers
     again the gateway serves by itself; every request answered 200 is metered exactly once."""
-    gw = RunningGateway(tmp_path / "gw", private_redis.url, f"rslow-{uuid.uuid4().hex[:6]}:", openrouter_mock.url,
-                        local_mock.url, f"redis_timeout = {FAULT_REDIS_TIMEOUT}", env={"REDIS_URL": redis_proxy.url})
-    gw.start()
-    try:
-        client = gw.client(timeout=CLIENT_TIMEOUT)
-        ok: list[str] = []
-
-        def ask(text: str) -> None:
-            answer = client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": text}])
-            ok.append(answer.id.removeprefix("chatcmpl-"))
-
-        ask("before")
-        redis_proxy.blackhole()
-        for text in ("during-1", "during-2"):
-            with pytest.raises(openai.APIStatusError) as info:
-                ask(text)
-            assert_openai_503(info.value)
-        redis_proxy.heal()
-
-        def served() -> bool:
-            ask("after")
-            return True
-
-        assert wait_until(served, 30), gw.logs()
-        for _ in range(3):
-            ask("after-more")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(r in usage_by_request(gw) for r in ok):
-            time.sleep(0.2)
-        counts = usage_by_request(gw)
-        assert all(counts.get(r) == 1 for r in ok), (ok, counts, gw.logs())
-    finally:
-        gw.stop()
+    gw, ask = proxied_gw, Asker(proxied_gw)
+    ask("before")
+    redis_proxy.blackhole()
+    for text in ("during-1", "during-2"):
+        with pytest.raises(openai.APIStatusError) as info:
+            ask(text)
+        assert_openai_503(info.value)
+    redis_proxy.heal()
+    assert wait_until(lambda: ask("after"), 30), gw.logs()
+    for _ in range(3):
+        ask("after-more")
+    assert_metered_once(gw, ask.ok)
 
 
-def test_redis_refusing_gets_503_quickly(tmp_path, private_redis, redis_proxy, openrouter_mock, local_mock):
+def test_redis_refusing_gets_503_quickly(proxied_gw, redis_proxy):
     """Redis unreachable (every connection closed at once) when a request arrives: a 503 at once,
     and service again when it is back."""
-    gw = RunningGateway(tmp_path / "gw", private_redis.url, f"rdown-{uuid.uuid4().hex[:6]}:", openrouter_mock.url,
-                        local_mock.url, f"redis_timeout = {FAULT_REDIS_TIMEOUT}", env={"REDIS_URL": redis_proxy.url})
-    gw.start()
-    try:
-        client = gw.client(timeout=CLIENT_TIMEOUT)
-        assert client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": "a"}])
-        redis_proxy.refuse()
-        for text in ("b", "c"):
-            with pytest.raises(openai.APIStatusError) as info:
-                client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": text}])
-            assert_openai_503(info.value)
-        redis_proxy.heal()
-        assert wait_until(lambda: client.chat.completions.create(
-            model="mock-local", messages=[{"role": "user", "content": "back"}]), 30), gw.logs()
-    finally:
-        gw.stop()
+    gw, ask = proxied_gw, Asker(proxied_gw)
+    assert ask("a")
+    redis_proxy.refuse()
+    for text in ("b", "c"):
+        with pytest.raises(openai.APIStatusError) as info:
+            ask(text)
+        assert_openai_503(info.value)
+    redis_proxy.heal()
+    assert wait_until(lambda: ask("back"), 30), gw.logs()
 
 
-def test_silently_dead_redis_connections_are_replaced(tmp_path, private_redis, redis_proxy, openrouter_mock,
-                                                       local_mock):
+def test_silently_dead_redis_connections_are_replaced(proxied_gw, redis_proxy):
     """Every connection open at some moment stops carrying anything, without being closed (the
     host behind it vanished, or a firewall dropped its state), while new connections work. The
     subscriptions are found dead by their unanswered pings and made again, so the gateway serves
     by itself; without that, replies would be published where nobody listens any more."""
-    gw = RunningGateway(tmp_path / "gw", private_redis.url, f"rsever-{uuid.uuid4().hex[:6]}:", openrouter_mock.url,
-                        local_mock.url, f"redis_timeout = {FAULT_REDIS_TIMEOUT}", env={"REDIS_URL": redis_proxy.url})
-    gw.start()
-    try:
-        client = gw.client(timeout=CLIENT_TIMEOUT)
-        ok: list[str] = []
-
-        def ask(text: str) -> bool:
-            answer = client.chat.completions.create(model="mock-local", messages=[{"role": "user", "content": text}])
-            ok.append(answer.id.removeprefix("chatcmpl-"))
-            return True
-
-        ask("before")
-        redis_proxy.sever()
-        assert wait_until(lambda: ask("after"), 30), gw.logs()
-        for _ in range(3):
-            ask("after-more")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(r in usage_by_request(gw) for r in ok):
-            time.sleep(0.2)
-        counts = usage_by_request(gw)
-        assert all(counts.get(r) == 1 for r in ok), (ok, counts, gw.logs())
-    finally:
-        gw.stop()
+    gw, ask = proxied_gw, Asker(proxied_gw)
+    ask("before")
+    redis_proxy.sever()
+    assert wait_until(lambda: ask("after"), 30), gw.logs()
+    for _ in range(3):
+        ask("after-more")
+    assert_metered_once(gw, ask.ok)
