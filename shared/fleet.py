@@ -83,7 +83,7 @@ class PoolCapacity:
 
     def __init__(self, redis: Redis, keys: Keys, providers: list[str], heartbeat: float, backlog: int) -> None:
         self._redis, self._keys, self._providers = redis, keys, providers
-        self._heartbeat, self._backlog = heartbeat, backlog
+        self._heartbeat = heartbeat
         self.max_age = heartbeat / 2
         self.backlog = backlog  # jobs a pool may hold beyond its workers' slots
         self._slots: dict[str, int] = {}
@@ -105,7 +105,7 @@ class PoolCapacity:
         if slots == 0:
             raise NoWorker(f"No worker serves the provider {provider!r} right now; try again shortly.",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-        return slots + self._backlog
+        return slots + self.backlog
 
     async def room(self, provider: str, user_share: float) -> Room:
         """What ``provider``'s pool admits now, with ``user_share`` of it for one user.
